@@ -27,24 +27,43 @@ from typing import Any, Callable
 from lean.errors import LeanError
 from lean.models import environment, manifest_hash, resolve_model, write_manifest
 
-STEPS: dict[str, str] = {
-    "finetune": "lean.finetune:run",
-    "distill": "lean.distill:run",
-    "quantize": "lean.quantize:run",
-    "export": "lean.export:run",
+# name -> ("module:step function", "module:config dataclass")
+STEPS: dict[str, tuple[str, str]] = {
+    "finetune": ("lean.finetune:run", "lean.finetune:FinetuneConfig"),
+    "distill": ("lean.distill:run", "lean.distill:DistillConfig"),
+    "quantize": ("lean.quantize:run", "lean.quantize:config_from_dict"),
+    "export": ("lean.export:run", "lean.export:ExportConfig"),
 }
 
 
-def register_step(name: str, target: str) -> None:
-    """Add a step: `target` is "module:function" with the step signature above."""
-    STEPS[name] = target
+def register_step(name: str, function: str, config: str) -> None:
+    """Add a step: `function` and `config` are "module:attr" (a step function, a config class or factory)."""
+    STEPS[name] = (function, config)
+
+
+def _resolve(target: str):
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
 
 
 def step_function(name: str) -> Callable[..., dict]:
     if name not in STEPS:
         raise LeanError(f"unknown step '{name}': known steps are {', '.join(sorted(STEPS))}")
-    module, _, attr = STEPS[name].partition(":")
-    return getattr(importlib.import_module(module), attr)
+    return _resolve(STEPS[name][0])
+
+
+def step_config(name: str, values: dict[str, Any] | None = None) -> Any:
+    """Build a step's config from a plain dict (a suite's YAML), rejecting unknown keys by name."""
+    if name not in STEPS:
+        raise LeanError(f"unknown step '{name}': known steps are {', '.join(sorted(STEPS))}")
+    factory = _resolve(STEPS[name][1])
+    values = dict(values or {})
+    if dataclasses.is_dataclass(factory):
+        known = {f.name for f in dataclasses.fields(factory)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise LeanError(f"step '{name}' has no option {', '.join(unknown)}; its options are: {', '.join(sorted(known))}")
+    return factory(**values)
 
 
 def config_dict(config: Any) -> dict[str, Any]:
