@@ -24,7 +24,8 @@ def bbc_rows(per_class: int = 20) -> list[dict]:
     rows = []
     for label_dir in sorted(p for p in bbc_news_dir().iterdir() if p.is_dir()):
         for file in sorted(label_dir.glob("*.txt"))[:per_class]:
-            rows.append({"text": file.read_bytes().decode("utf-8", errors="replace").strip(), "label": label_dir.name})
+            rows.append({"text": file.read_bytes().decode("utf-8", errors="replace").strip(),
+                         "label": "sport" if label_dir.name == "sports" else label_dir.name})
     return rows
 
 
