@@ -123,3 +123,30 @@ def run_cli(*args: str, env: dict | None = None, cwd: str | None = None):
 
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "lean.cli", *args], capture_output=True, text=True, env=full_env, cwd=cwd)
+
+
+class Result:
+    def __init__(self, returncode: int, stdout: str, stderr: str):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def invoke(*args: str) -> Result:
+    """Run `lean ARGS` in this process through lean.cli.main (fast: no fresh interpreter); exit code and output."""
+    import contextlib
+    import io
+    import sys
+
+    from lean.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    argv = sys.argv
+    sys.argv = ["lean", *args]
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            main()
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        sys.argv = argv
+    return Result(code, out.getvalue(), err.getvalue())
