@@ -33,7 +33,7 @@ def _not_built(verb: str) -> None:
 
 @app.command()
 def finetune(
-    model: str = typer.Argument(..., help="Base model: a local directory, a Hub id, or a built-in alias (minilm-l6)."),
+    model: Optional[str] = typer.Argument(None, help="Base model: a local directory, a Hub id, or a built-in alias (minilm-l6). Omit with --init-config."),
     output: Path = typer.Option(..., "--output", "-o", help="Directory to write the fine-tuned model into."),
     task: str = typer.Option("bbc-news", help="Task: bbc-news, a .csv/.jsonl/.parquet file, a datasets directory, or a Hub dataset id."),
     text_column: Optional[str] = typer.Option(None, help="Text column of a file or dataset task (default: text)."),
@@ -49,64 +49,327 @@ def finetune(
     early_stopping_patience: Optional[int] = typer.Option(None, help="Stop after this many epochs without a better validation accuracy."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     max_train_samples: Optional[int] = typer.Option(None, help="Train on the first N training examples only."),
+    task_kind: str = typer.Option("auto", help="classification, lm, or auto (lm for bbc-news-lm and .txt corpora)."),
+    init_config: Optional[str] = typer.Option(None, help="Train a causal LM from scratch from a small config (llama-tiny, llama-small, llama-base, gpt2-small) with a tokenizer learnt from the train split."),
+    vocab_size: int = typer.Option(8192, help="Vocabulary of the tokenizer learnt with --init-config."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the model's repository."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty output directory."),
 ):
-    """Fine-tune a base model into a teacher classifier (transformers Trainer, full or LoRA)."""
+    """Fine-tune a base model into a teacher: a classifier, or a causal LM (from a model or from scratch)."""
     from lean.finetune import FinetuneConfig
     from lean.finetune import finetune as run_finetune
     from lean.steps import check_output_dir
 
     check_output_dir(output, overwrite)
+    if model is None and init_config is None:
+        raise LeanError("give a MODEL to fine-tune, or --init-config NAME to train a causal LM from scratch")
     config = FinetuneConfig(task=task, text_column=text_column, label_column=label_column, epochs=epochs, lr=lr,
                             batch_size=batch_size, max_length=max_length, seed=seed, split_seed=split_seed, lora=lora,
                             lora_r=lora_r, early_stopping_patience=early_stopping_patience, device=device,
-                            max_train_samples=max_train_samples, trust_remote_code=trust_remote_code)
+                            max_train_samples=max_train_samples, trust_remote_code=trust_remote_code,
+                            task_kind=task_kind, init_config=init_config, vocab_size=vocab_size)
     out = run_finetune(model, config, str(output), overwrite=overwrite)
     from lean.models import read_manifest
 
     test = read_manifest(out).get("metrics", {}).get("test", {})
-    typer.echo(f"wrote {out}  test accuracy {test.get('accuracy', float('nan')):.4f}  macro-F1 {test.get('macro_f1', float('nan')):.4f}")
+    if "perplexity" in test:
+        typer.echo(f"wrote {out}  test perplexity {test['perplexity']:.3f} over {test['tokens']} tokens")
+    else:
+        typer.echo(f"wrote {out}  test accuracy {test.get('accuracy', float('nan')):.4f}  macro-F1 {test.get('macro_f1', float('nan')):.4f}")
 
 
 # ---- distill --------------------------------------------------------------------------------
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def distill(ctx: typer.Context):
+@app.command()
+def distill(
+    teacher: str = typer.Option(..., "--teacher", help="Teacher model directory (a fine-tuned classifier or a causal LM)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Directory to write the student into."),
+    student_layers: Optional[int] = typer.Option(None, help="Student = the teacher with N of its layers (evenly spaced, ending at the top one)."),
+    layer_map: Optional[str] = typer.Option(None, help="Teacher layers the student copies (or, with --student/--student-config, learns from), e.g. 0,2,4."),
+    student: Optional[str] = typer.Option(None, help="Student = an existing model directory (or Hub id) with the teacher's tokenizer."),
+    student_config: Optional[List[str]] = typer.Option(None, help="Student = the teacher's config with key=value changes, randomly initialised (repeat or comma-separate)."),
+    task: Optional[str] = typer.Option(None, help="Task (as in lean finetune); default: the task in the teacher's lean.json."),
+    text_column: Optional[str] = typer.Option(None, help="Text column of a file or dataset task."),
+    label_column: Optional[str] = typer.Option(None, help="Label column of a file or dataset task."),
+    kind: str = typer.Option("auto", help="classification, lm, or auto (follow the teacher's head)."),
+    epochs: float = typer.Option(3.0, help="Training epochs."),
+    lr: float = typer.Option(2e-4, help="Peak learning rate (linear warmup and decay)."),
+    batch_size: int = typer.Option(16, help="Training batch size per device."),
+    grad_accum: int = typer.Option(1, help="Gradient accumulation steps."),
+    max_length: int = typer.Option(128, help="Truncate texts to this many tokens."),
+    seed: int = typer.Option(42, help="Training seed."),
+    split_seed: int = typer.Option(42, help="Seed of the train/validation/test split."),
+    temperature: float = typer.Option(2.0, help="Softmax temperature of the soft targets (the KL is scaled by T^2)."),
+    alpha: float = typer.Option(0.5, help="Weight of the soft-target loss; 1 - alpha weighs the hard-label loss."),
+    hidden_weight: float = typer.Option(0.0, help="Weight of the hidden-state MSE over the layer map (TinyBERT)."),
+    attention_weight: float = typer.Option(0.0, help="Weight of the attention-distribution KL over the layer map (MiniLM)."),
+    cache_teacher: bool = typer.Option(False, "--cache-teacher", help="Compute the teacher's logits once and reuse them every epoch (logit loss only)."),
+    early_stopping_patience: Optional[int] = typer.Option(None, help="Stop after this many evaluations without a better validation metric."),
+    save_steps: Optional[int] = typer.Option(None, help="Checkpoint and evaluate every N steps (default: every epoch)."),
+    checkpoint_dir: Optional[Path] = typer.Option(None, help="Where checkpoints live until the student is written (default: OUTPUT.checkpoints)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint of an interrupted run with the same options."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    max_train_samples: Optional[int] = typer.Option(None, help="Train on the first N training examples only."),
+    max_eval_samples: Optional[int] = typer.Option(None, help="Evaluate on the first N validation and test examples only."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the model's repository."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty output directory."),
+):
     """Distill a teacher into a smaller student (soft targets, hidden states, attention)."""
-    _not_built("distill")
+    from lean.distill import DistillConfig
+    from lean.distill import distill as run_distill
+    from lean.steps import check_output_dir
+
+    check_output_dir(output, overwrite)
+    config = DistillConfig(task=task, text_column=text_column, label_column=label_column, kind=kind,
+                           student_layers=student_layers, layer_map=layer_map, student=student,
+                           student_config=student_config or None, epochs=epochs, lr=lr, batch_size=batch_size,
+                           grad_accum=grad_accum, max_length=max_length, seed=seed, split_seed=split_seed,
+                           temperature=temperature, alpha=alpha, hidden_weight=hidden_weight,
+                           attention_weight=attention_weight, cache_teacher=cache_teacher,
+                           early_stopping_patience=early_stopping_patience, save_steps=save_steps,
+                           checkpoint_dir=str(checkpoint_dir or f"{output}.checkpoints"), resume=resume, device=device,
+                           trust_remote_code=trust_remote_code, max_train_samples=max_train_samples,
+                           max_eval_samples=max_eval_samples)
+    out = run_distill(teacher, config, str(output), overwrite=overwrite)
+    import os
+
+    from lean.models import read_manifest
+
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # under torchrun only rank 0 writes and reports
+    manifest = read_manifest(out)
+    test, retention = manifest["metrics"]["test"], manifest["retention"]
+    metric = retention["metric"]
+    typer.echo(f"wrote {out}  {manifest['student']['layers']} layers  test {metric} {test[metric]:.4f}  "
+               f"retention {retention['value']:.4f} of the teacher")
 
 
 # ---- quantize -------------------------------------------------------------------------------
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def quantize(ctx: typer.Context):
+@app.command()
+def quantize(
+    model: str = typer.Argument(..., help="Full-precision model directory (a classifier or a causal LM)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Directory to write the quantized model into."),
+    method: str = typer.Option(..., "--method", "-m", help="bnb-int8 (LLM.int8), bnb-nf4, bnb-fp4 (4-bit) or dynamic-int8 (PyTorch, CPU)."),
+    threshold: Optional[float] = typer.Option(None, help="bnb-int8: outlier threshold (default 6.0; 0 turns the fp16 outlier path off)."),
+    double_quant: Optional[bool] = typer.Option(None, "--double-quant/--no-double-quant", help="bnb-nf4/fp4: quantize the block scales too (default on)."),
+    compute_dtype: Optional[str] = typer.Option(None, help="bnb-nf4/fp4: float32 (default), bfloat16 or float16."),
+    blocksize: Optional[int] = typer.Option(None, help="bnb-nf4/fp4: weights per scale (default 64)."),
+    per_channel: Optional[bool] = typer.Option(None, "--per-channel/--per-tensor", help="dynamic-int8: one scale per output row (default) or one per layer."),
+    skip: Optional[List[str]] = typer.Option(None, "--skip", help="Module kept in full precision (repeat; replaces the default: the classifier head / lm_head)."),
+    task: Optional[str] = typer.Option(None, help="Task for calibration and evaluation (default: the model's own task from lean.json, else bbc-news)."),
+    text_column: Optional[str] = typer.Option(None, help="Text column of a file or dataset task."),
+    label_column: Optional[str] = typer.Option(None, help="Label column of a file or dataset task."),
+    calibration_samples: int = typer.Option(32, help="Train-split texts used to measure each layer's quantization error."),
+    max_length: Optional[int] = typer.Option(None, help="Truncate texts to this many tokens (default: the model's fine-tuning length, else 128)."),
+    no_eval: bool = typer.Option(False, "--no-eval", help="Skip the test-split accuracy of the quantized model."),
+    max_eval_samples: Optional[int] = typer.Option(None, help="Evaluate on the first N test examples only."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda (dynamic-int8 runs on the CPU only)."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the model's repository."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty output directory."),
+):
     """Quantize a model to 8 or 4 bits (bitsandbytes int8/nf4/fp4, PyTorch dynamic int8)."""
-    _not_built("quantize")
+    from lean.quantize import check_source, config_from_dict, quantize_dir, worst_layers
+    from lean.steps import check_output_dir
+
+    method_options = {"threshold": threshold, "double_quant": double_quant, "compute_dtype": compute_dtype,
+                      "blocksize": blocksize, "per_channel": per_channel, "skip": list(skip) if skip else None}
+    config = config_from_dict(
+        method=method, **{k: v for k, v in method_options.items() if v is not None},  # only what was given
+        task=task, text_column=text_column, label_column=label_column, calibration_samples=calibration_samples,
+        max_length=max_length, evaluate=not no_eval, max_eval_samples=max_eval_samples, device=device,
+        trust_remote_code=trust_remote_code)
+    check_source(model)
+    check_output_dir(output, overwrite)
+    out = quantize_dir(model, config, str(output), overwrite=overwrite)
+    from lean.models import read_manifest
+
+    manifest = read_manifest(out)
+    q, size = manifest["quantization"], manifest["size"]
+    typer.echo(f"wrote {out}  {q['method']} on {q['device']}: {len(q['quantized'])} layers quantized, "
+               f"{len(q['skipped'])} kept in full precision ({', '.join(q['skipped']) or 'none'})")
+    typer.echo(f"  linear weights {size['linear_bytes_before'] / 2**20:.2f} -> {size['linear_bytes_after'] / 2**20:.2f} MiB "
+               f"({size['linear_ratio']:.3f}x)   whole model {size['model_bytes_before'] / 2**20:.2f} -> "
+               f"{size['model_bytes_after'] / 2**20:.2f} MiB ({size['model_ratio']:.3f}x)")
+    typer.echo(f"  logits vs full precision on {q['calibration']['samples']} calibration texts: "
+               f"SQNR {q['output']['logits_sqnr_db']:.1f} dB, top-1 agreement {q['output']['top1_agreement']:.4f}")
+    typer.echo("  worst layers (output SQNR against full precision; lower loses more):")
+    for layer in worst_layers(manifest, 5):
+        typer.echo(f"    {layer['sqnr_db']:7.2f} dB  {layer['name']}  {layer['type']} {'x'.join(map(str, layer['shape']))}")
+    test = manifest.get("metrics", {}).get("test")
+    if test:
+        change = manifest["metrics"].get("test_accuracy_change_vs_parent")
+        versus = f"  ({change * 100:+.2f} points vs the full-precision model)" if change is not None else ""
+        typer.echo(f"  test accuracy {test['accuracy']:.4f}  macro-F1 {test['macro_f1']:.4f}  (n={test['n']}){versus}")
 
 
 # ---- export ---------------------------------------------------------------------------------
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def export(ctx: typer.Context):
+@app.command()
+def export(
+    model: str = typer.Argument(..., help="PyTorch model directory (a classifier or a causal LM), Hub id, or built-in alias."),
+    output: Path = typer.Option(..., "--output", "-o", help="Directory to write the ONNX model into."),
+    task: Optional[str] = typer.Option(None, help="Task for validation and calibration (default: the model's own task from lean.json, else bbc-news)."),
+    text_column: Optional[str] = typer.Option(None, help="Text column of a file or dataset task (default: text)."),
+    label_column: Optional[str] = typer.Option(None, help="Label column of a file or dataset task (default: label)."),
+    opset: Optional[int] = typer.Option(None, help="ONNX opset (default: optimum's choice for the architecture)."),
+    optimize: Optional[str] = typer.Option(None, help="ORTOptimizer level: O1 basic, O2 transformer fusions (exact), O3 + GELU approximation, O4 + fp16 (CUDA)."),
+    fp16: bool = typer.Option(False, "--fp16", help="Cast weights and activations to fp16 (CUDA only)."),
+    quantize: Optional[str] = typer.Option(None, help="int8-dynamic or int8-static (ORTQuantizer)."),
+    calibration_samples: int = typer.Option(128, help="Train-split texts that calibrate int8-static ranges."),
+    atol: float = typer.Option(1e-4, help="fp32 gate: largest allowed |ONNX - PyTorch| logit difference."),
+    max_metric_drop: float = typer.Option(1.0, help="fp16/int8 gate: most test accuracy/macro-F1 points allowed below the source."),
+    min_agreement: float = typer.Option(0.98, help="fp16/int8 gate: least share of test predictions equal to PyTorch's."),
+    max_length: Optional[int] = typer.Option(None, help="Tokens per text (default: the model's training max_length, else 128)."),
+    device: str = typer.Option("auto", help="Where the ONNX model is validated: auto, cpu or cuda."),
+    max_eval_samples: Optional[int] = typer.Option(None, help="Validate on the first N test texts only."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the model's repository."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty output directory."),
+):
     """Export a model to ONNX, validated against PyTorch (optional fusions and int8)."""
-    _not_built("export")
+    from lean.export import ExportConfig
+    from lean.export import export as run_export
+    from lean.models import read_manifest
+    from lean.steps import check_output_dir
+
+    check_output_dir(output, overwrite)
+    config = ExportConfig(task=task, text_column=text_column, label_column=label_column, opset=opset, optimize=optimize,
+                          fp16=fp16, quantize=quantize, calibration_samples=calibration_samples, atol=atol,
+                          max_metric_drop=max_metric_drop, min_agreement=min_agreement, max_length=max_length,
+                          device=device, max_eval_samples=max_eval_samples, trust_remote_code=trust_remote_code)
+    out = run_export(model, config, str(output), overwrite=overwrite)
+    manifest = read_manifest(out)
+    v = manifest["validation"]
+    line = f"wrote {out}  {manifest['onnx']['precision']}  max|diff| {v['max_abs_diff']:.2e}  agreement {v['agreement']:.2%}"
+    test, source = manifest.get("metrics", {}).get("test"), manifest.get("source_metrics", {}).get("test")
+    if test and source:
+        line += f"  test accuracy {test['accuracy']:.4f} (PyTorch {source['accuracy']:.4f})"
+    if "generation_agreement" in v:
+        line += f"  identical generations {v['generation_agreement']:.0%}"
+    typer.echo(line)
 
 
 # ---- predict --------------------------------------------------------------------------------
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def predict(ctx: typer.Context):
+@app.command()
+def predict(
+    model_dir: Path = typer.Argument(..., help="Directory written by lean export (model.onnx + tokenizer)."),
+    texts: Optional[List[str]] = typer.Argument(None, help="Texts to classify (or prompts to continue); default: --file or stdin."),
+    file: Optional[Path] = typer.Option(None, "--file", "-f", help="Read inputs from a file: one text per line, or JSONL with a \"text\" field."),
+    batch_size: int = typer.Option(32, help="Texts per onnxruntime call."),
+    provider: Optional[str] = typer.Option(None, help="onnxruntime execution provider (default: CUDAExecutionProvider when a GPU is there, else CPUExecutionProvider)."),
+    max_length: Optional[int] = typer.Option(None, help="Truncate inputs to this many tokens (default: the export's max_length)."),
+    threads: Optional[int] = typer.Option(None, help="intra-op threads (default: physical cores)."),
+    max_new_tokens: int = typer.Option(32, help="Causal LMs: tokens to generate per prompt (greedy)."),
+):
     """Run an exported ONNX model with onnxruntime alone (no torch): labels or generated text."""
-    _not_built("predict")
+    import json
+
+    from lean.runtime import OnnxModelError, load
+
+    if texts:
+        inputs = list(texts)
+    elif file is not None:
+        if not file.is_file():
+            raise LeanError(f"input file '{file}' does not exist")
+        inputs = _read_inputs(file.read_text(errors="replace").splitlines(), str(file))
+    elif not sys.stdin.isatty():
+        inputs = _read_inputs(sys.stdin.read().splitlines(), "stdin")
+    else:
+        raise LeanError("no input texts: pass texts as arguments, --file FILE, or lines on stdin")
+    if not inputs:
+        raise LeanError("no input texts: the input is empty (one text per line, or JSONL with a \"text\" field)")
+    try:
+        model = load(model_dir, provider=provider, threads=threads)
+        if model.kind == "lm":
+            rows = [{"generated_text": t} for t in model.generate(inputs, max_new_tokens=max_new_tokens,
+                                                                   batch_size=batch_size, max_length=max_length)]
+        else:
+            rows = model.predict(inputs, batch_size=batch_size, max_length=max_length)
+    except OnnxModelError as e:
+        raise LeanError(str(e)) from None
+    for row in rows:
+        typer.echo(json.dumps(row))
+
+
+def _read_inputs(lines: List[str], where: str) -> List[str]:
+    """Non-blank lines; a line that is a JSON object gives its "text" field."""
+    import json
+
+    inputs = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        if line.lstrip().startswith("{"):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                raise LeanError(f"{where} line {number} starts with '{{' but is not valid JSON") from None
+            if not isinstance(record.get("text"), str):
+                raise LeanError(f"{where} line {number} is a JSON object without a string \"text\" field")
+            inputs.append(record["text"])
+        else:
+            inputs.append(line)
+    return inputs
 
 
 # ---- bench ----------------------------------------------------------------------------------
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def bench(ctx: typer.Context):
+@app.command()
+def bench(
+    targets: Optional[List[str]] = typer.Argument(None, help="A suite .yaml file, or model directories to compare "
+                                                  "(the first is the baseline). None: the built-in default suite."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Run directory (default: runs/bench/<suite>-<timestamp>)."),
+    runs_dir: Path = typer.Option(Path("runs/cache"), "--runs-dir", help="Cache of built intermediate directories, reused by config hash."),
+    variants: Optional[str] = typer.Option(None, "--variants", help="Comma-separated variants to run (the baseline is always included)."),
+    task: Optional[str] = typer.Option(None, help="Task for model directories (default: the first directory's lean.json)."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds per variant's measurement (default: the suite's measure.timeout_s)."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    threads: Optional[int] = typer.Option(None, help="Intra-op threads (default: the suite's, else one per physical core)."),
+    list_variants: bool = typer.Option(False, "--list", help="Print the suite's variants and whether each can run here, then exit."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty output directory."),
+):
     """Measure accuracy, latency and memory of every variant in a suite (default: the built-in suite)."""
-    _not_built("bench")
+    from lean.bench.suite import directories_suite, load_suite
+
+    targets = list(targets or [])
+    suite_files = [t for t in targets if t.endswith((".yaml", ".yml"))]
+    if suite_files and len(targets) > 1:
+        raise LeanError("pass one suite .yaml file, or model directories, not both")
+    if task is not None and (not targets or suite_files):
+        raise LeanError("--task applies to model directories; a suite names its task in its YAML")
+    if not targets:
+        suite = load_suite()
+    elif suite_files:
+        suite = load_suite(suite_files[0])
+    else:
+        suite = directories_suite(targets, task=task)
+    selected = [v.strip() for v in variants.split(",") if v.strip()] if variants else None
+    if list_variants:
+        from lean.bench.runner import missing_requirement, select_variants
+        from lean.models import resolve_device
+
+        dev = resolve_device(device)
+        for name in select_variants(suite, selected):
+            v = suite.variants[name]
+            start = "" if v.kind != "model" else ("dir" if v.start not in ("teacher", "base") else v.start)
+            steps = " > ".join([start] * bool(start) + [s.name for s in v.steps])
+            why = missing_requirement(v, dev)
+            typer.echo(f"{name:24s} {v.kind:14s} {steps:30s} {'skip: ' + why if why else 'runs'}")
+        return
+    from lean.bench.runner import BenchOptions, default_output, run_bench
+    from lean.steps import check_output_dir
+
+    out = check_output_dir(output or default_output(suite), overwrite)
+    options = BenchOptions(output=out, runs_dir=runs_dir, variants=selected, timeout_s=timeout, device=device,
+                           threads=threads, overwrite=overwrite)
+    from rich.console import Console
+
+    from lean.bench.report import results_table
+
+    results = run_bench(suite, options, console=Console(stderr=True))
+    Console().print(results_table(results))
+    typer.echo(f"wrote {out}/results.json, results.csv, report.md, pareto.png")
 
 
 def main() -> None:
