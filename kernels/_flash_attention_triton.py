@@ -93,7 +93,7 @@ def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, kpm_base, stride_kn, stride_vn,
         in_range = cols < N_CTX_K
         # K^T tile (HEAD_DIM, BLOCK_N); loads stay bounded even in the unmasked stage.
         kT = tl.load(k_base + cols[None, :] * stride_kn + offs_d[:, None], mask=in_range[None, :], other=0.0)
-        qk = _dot(q, kT, None, DOT_PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N), log2 units
+        qk = _dot(q, kT, None, DOT_PRECISION)  # (BLOCK_M, BLOCK_N) raw scores
         if MASKED:
             keep = in_range[None, :]
             if CAUSAL:
@@ -102,14 +102,16 @@ def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, kpm_base, stride_kn, stride_vn,
         if HAS_KPM:
             kpm = tl.load(kpm_base + cols, mask=in_range, other=0)
             qk = tl.where(kpm[None, :] != 0, qk, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        # Running max in scaled log2 units; the scale is applied to the row max, then folded into
+        # one multiply-add per score (qk_scale > 0 so max and scale commute).
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
         if MASKED or HAS_KPM:
             # A row with no visible key so far keeps m = -inf; subtract 0 instead so that
             # exp2(-inf - -inf) never makes a NaN.
             m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
         else:
             m_sub = m_new
-        p = tl.math.exp2(qk - m_sub[:, None])
+        p = tl.math.exp2(qk * qk_scale - m_sub[:, None])
         alpha = tl.math.exp2(m_i - m_sub)
         l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(v_base + cols[:, None] * stride_vn + offs_d[None, :], mask=in_range[:, None], other=0.0)
