@@ -1,0 +1,461 @@
+"""What runs inside one variant's measuring subprocess: load, quality, latency, memory.
+
+    python -m lean.bench.measure SPEC.json RESULT.json
+
+The harness (lean.bench.runner) starts one fresh interpreter per variant, so peak memory belongs
+to that variant alone and a crash marks one row. SPEC.json says what to load and how to measure
+(see `measure`); RESULT.json is rewritten after every phase, so a variant killed by the timeout
+still leaves the figures it finished. Lines starting with "@phase " on stdout tell the parent
+what is happening.
+
+Honest measuring (docs/bench.md): inputs are the task's real test texts, tokenized once; latency is
+taken after warm-up, synchronised on CUDA, with a fixed thread count; memory is the subprocess's
+peak RSS (CPU) or max_memory_allocated (CUDA), beside the RSS of the same interpreter right after
+its imports, before any model or data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+WEIGHT_SUFFIXES = (".safetensors", ".onnx", ".onnx_data", ".data", ".bin", ".pt", ".pth")
+MAX_DISTINCT_BATCHES = 8  # latency cycles through this many different real batches per cell
+
+
+def phase(text: str) -> None:
+    print(f"@phase {text}", flush=True)
+
+
+def rss_peak_mb() -> float:
+    # ru_maxrss is in KiB on Linux (bytes on macOS)
+    scale = 1 / 1024 / 1024 if sys.platform == "darwin" else 1 / 1024
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale, 1)
+
+
+def rss_now_mb() -> float:
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return round(pages * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
+    except (OSError, ValueError, IndexError):
+        return rss_peak_mb()
+
+
+def weights_bytes(path: str | Path) -> int:
+    """Bytes of weight files at the top of a model directory (not tokenizer or config files)."""
+    path = Path(path)
+    if not path.is_dir():
+        return 0
+    return sum(f.stat().st_size for f in path.iterdir() if f.is_file() and f.name.endswith(WEIGHT_SUFFIXES))
+
+
+def percentiles(times_s: list[float]) -> dict[str, Any]:
+    import numpy as np
+
+    ms = np.asarray(times_s) * 1000.0
+    return {"median_ms": round(float(np.median(ms)), 4), "p90_ms": round(float(np.percentile(ms, 90)), 4),
+            "p99_ms": round(float(np.percentile(ms, 99)), 4), "mean_ms": round(float(ms.mean()), 4),
+            "min_ms": round(float(ms.min()), 4), "max_ms": round(float(ms.max()), 4), "count": int(ms.size)}
+
+
+# ---- backends: one per kind of directory -------------------------------------------------------------
+
+class Backend:
+    """The interface every loaded variant offers to the measuring code."""
+
+    label_names: list[str] = []
+    max_positions: int | None = None  # longest sequence the model takes (None: no limit)
+    device = "cpu"
+
+    def logits(self, texts: list[str], max_length: int, batch_size: int):  # (N, num_labels) numpy
+        raise NotImplementedError
+
+    def prepare(self, texts: list[str], seq_length: int):  # inputs of exactly (B, seq_length)
+        raise NotImplementedError
+
+    def forward(self, inputs) -> None:
+        raise NotImplementedError
+
+    def sync(self) -> None:
+        pass
+
+    def size(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class TorchBackend(Backend):
+    def __init__(self, path: str, spec: dict[str, Any]):
+        import torch
+
+        from lean.models import load_tokenizer, read_manifest
+
+        load = spec.get("load") or {}
+        self.device = spec["device"]
+        self.path = path
+        manifest = read_manifest(path)
+        if manifest.get("step") == "quantize":
+            from lean.quantize import load_quantized
+
+            self.model = load_quantized(path, self.device)
+            if load.get("dtype") or load.get("attention"):
+                self.note = "load.dtype/attention do not apply to a quantized directory (ignored)"
+        else:
+            from lean.models import load_model
+
+            kwargs: dict[str, Any] = {}
+            if load.get("dtype"):
+                kwargs["dtype"] = getattr(torch, load["dtype"])
+            if load.get("attention") in ("eager", "sdpa"):
+                kwargs["attn_implementation"] = load["attention"]
+            self.model = load_model(path, "classification", **kwargs)
+            self.model.to(self.device)
+        if load.get("attention") == "lean":
+            from lean.attention import use_lean_attention
+
+            self.model = use_lean_attention(self.model)
+        self.model.eval()
+        self.tokenizer = load_tokenizer(path)
+        config = self.model.config
+        self.label_names = [config.id2label[i] for i in range(len(config.id2label))] if config.id2label else []
+        self.max_positions = getattr(config, "max_position_embeddings", None)
+        self.input_device = next(iter(self.model.parameters())).device if self.device == "cpu" else torch.device(self.device)
+        self._torch = torch
+
+    def _encode(self, texts, max_length, pad_to=None):
+        padding = "max_length" if pad_to else True
+        enc = self.tokenizer(list(texts), truncation=True, max_length=pad_to or max_length, padding=padding,
+                             return_tensors="pt")
+        return {k: v.to(self.input_device) for k, v in enc.items()}
+
+    def logits(self, texts, max_length, batch_size):
+        import numpy as np
+
+        torch = self._torch
+        out = [None] * len(texts)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths batch together: less padding
+        with torch.inference_mode():
+            for start in range(0, len(order), batch_size):
+                idx = order[start:start + batch_size]
+                rows = self.model(**self._encode([texts[i] for i in idx], max_length)).logits.float().cpu().numpy()
+                for i, row in zip(idx, rows):
+                    out[i] = row
+        return np.stack(out)
+
+    def prepare(self, texts, seq_length):
+        return self._encode(texts, seq_length, pad_to=seq_length)
+
+    def forward(self, inputs):
+        with self._torch.inference_mode():
+            self.model(**inputs)
+
+    def sync(self):
+        if self.device.startswith("cuda"):
+            self._torch.cuda.synchronize()
+
+    def size(self):
+        return {"params": count_torch_params(self.model), "weights_bytes": weights_bytes(self.path)}
+
+
+def count_torch_params(model) -> int:
+    """Parameters as the unquantized model had them: 4-bit packed tensors count their logical shape."""
+    import math
+
+    total = 0
+    for p in model.parameters():
+        shape = getattr(getattr(p, "quant_state", None), "shape", None)
+        total += math.prod(shape) if shape is not None else p.numel()
+    for m in model.modules():
+        if hasattr(m, "_packed_params") and callable(getattr(m, "weight", None)):  # torch.ao dynamic int8 Linear
+            total += m.weight().numel() + (m.bias().numel() if m.bias() is not None else 0)
+    return int(total)
+
+
+class OnnxBackend(Backend):
+    def __init__(self, path: str, spec: dict[str, Any]):
+        from lean.runtime import load
+
+        self.path = path
+        self.device = spec["device"]
+        provider = (spec.get("load") or {}).get("provider") or (
+            "CUDAExecutionProvider" if self.device.startswith("cuda") else "CPUExecutionProvider")
+        self.model = load(path, provider=provider, threads=spec["threads"])
+        self.label_names = list(self.model.label_names)
+        self.max_positions = self.model.config.get("max_position_embeddings")
+
+    def logits(self, texts, max_length, batch_size):
+        return self.model.logits(texts, batch_size=batch_size, max_length=max_length)
+
+    def prepare(self, texts, seq_length):
+        return self.model.encode(texts, max_length=seq_length, pad_to=seq_length)
+
+    def forward(self, inputs):
+        self.model.run(inputs)
+
+    def size(self):
+        import math
+
+        import onnx
+
+        graph = onnx.load(str(Path(self.path) / "model.onnx"), load_external_data=False).graph
+        params = sum(math.prod(t.dims) for t in graph.initializer if t.data_type in (1, 10, 16))  # float, fp16, bf16
+        quantized = sum(math.prod(t.dims) for t in graph.initializer if t.data_type in (2, 3))  # uint8/int8 weights
+        return {"params": int(params + quantized), "weights_bytes": weights_bytes(self.path)}
+
+
+class ClassicalBackend(Backend):
+    """tfidf-logreg: trained here on the task's train split (seconds), timed on the same truncated texts."""
+
+    def __init__(self, task, spec: dict[str, Any]):
+        from lean.bench.classical import TfidfLogregConfig, fit_tfidf_logreg
+
+        self.config = TfidfLogregConfig(**(spec.get("classical") or {}))
+        start = time.perf_counter()
+        self.model = fit_tfidf_logreg(task.train.texts, task.train.labels, self.config)
+        self.fit_s = round(time.perf_counter() - start, 3)
+        self.label_names = list(task.label_names)
+        self.tokenizer = None
+        if spec.get("tokenizer_dir"):  # cut latency texts at the same token counts the transformers see
+            from lean.models import load_tokenizer
+
+            self.tokenizer = load_tokenizer(spec["tokenizer_dir"])
+
+    def logits(self, texts, max_length, batch_size):
+        import numpy as np
+
+        # full articles: a linear model has no length limit. Columns follow classes_ (a class absent
+        # from a tiny train split has no column), so place them by class index.
+        log_proba = self.model.predict_log_proba(texts)
+        out = np.full((len(texts), len(self.label_names)), -np.inf, dtype=np.float64)
+        out[:, self.model.classes_] = log_proba
+        return out
+
+    def prepare(self, texts, seq_length):
+        if self.tokenizer is None:
+            return [" ".join(t.split()[:seq_length]) for t in texts]
+        enc = self.tokenizer(list(texts), truncation=True, max_length=seq_length, return_offsets_mapping=True)
+        return [t[:max(end for _, end in offsets)] for t, offsets in zip(texts, enc["offset_mapping"])]
+
+    def forward(self, inputs):
+        self.model.predict_proba(inputs)
+
+    def size(self):
+        import pickle
+
+        from lean.bench.classical import parameter_count
+
+        return {"params": parameter_count(self.model), "weights_bytes": len(pickle.dumps(self.model)),
+                "fit_s": self.fit_s}
+
+
+def load_backend(spec: dict[str, Any], task) -> Backend:
+    if spec["kind"] == "tfidf-logreg":
+        return ClassicalBackend(task, spec)
+    from lean.models import is_onnx_dir
+
+    path = spec["model_dir"]
+    if is_onnx_dir(path) and (Path(path) / "model.onnx").is_file():
+        return OnnxBackend(path, spec)
+    return TorchBackend(path, spec)
+
+
+# ---- inputs for latency ---------------------------------------------------------------------------------
+
+def token_lengths(texts: list[str], tokenizer_dir: str | None) -> list[int] | None:
+    """Token counts (with special tokens) of every text, from the directory's tokenizer.json."""
+    if not tokenizer_dir or not (Path(tokenizer_dir) / "tokenizer.json").is_file():
+        return None
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(Path(tokenizer_dir) / "tokenizer.json"))
+    tok.no_truncation()
+    tok.no_padding()
+    return [len(e.ids) for e in tok.encode_batch(texts)]
+
+
+def latency_texts(texts: list[str], lengths: list[int] | None, batch_size: int, seq_length: int,
+                  n_batches: int) -> tuple[list[list[str]], dict[str, Any]]:
+    """Real test texts for `n_batches` batches of `batch_size`, taken (in test-split order, cycling) from
+    the texts at least `seq_length` tokens long, so truncation alone makes every row exactly that long."""
+    pool = list(range(len(texts))) if lengths is None else [i for i, n in enumerate(lengths) if n >= seq_length]
+    how = "truncated to the length; texts at least that long"
+    if not pool:  # no text is long enough: pad (recorded, so the reader knows part of the work is padding)
+        pool, how = list(range(len(texts))), "padded to the length (no test text is that long)"
+    elif lengths is None:
+        how = "truncated or padded to the length (token counts unknown)"
+    batches = [[texts[pool[(j * batch_size + k) % len(pool)]] for k in range(batch_size)] for j in range(n_batches)]
+    return batches, {"how": how, "pool": len(pool), "of": len(texts), "distinct_batches": n_batches}
+
+
+def time_cell(forward: Callable[[Any], None], sync: Callable[[], None], batches: list, warmup: int, repeats: int,
+              min_repeats: int, max_cell_s: float | None) -> list[float]:
+    """Seconds per call, after `warmup` untimed calls; the device is synchronised around each timed call."""
+    for w in range(warmup):
+        forward(batches[w % len(batches)])
+    sync()
+    times: list[float] = []
+    for r in range(repeats):
+        batch = batches[r % len(batches)]
+        start = time.perf_counter()
+        forward(batch)
+        sync()
+        times.append(time.perf_counter() - start)
+        if max_cell_s is not None and sum(times) >= max_cell_s and len(times) >= min_repeats:
+            break
+    return times
+
+
+# ---- the measurement ------------------------------------------------------------------------------------
+
+def measure(spec: dict[str, Any], result: dict[str, Any], save: Callable[[], None]) -> None:
+    """Fill `result` (quality, latency, memory, size) phase by phase, calling `save` after each one.
+
+    spec: kind, model_dir, tokenizer_dir, load {attention, dtype, provider}, device, threads,
+    task {spec, text_column, label_column, split_seed}, max_length, eval_batch_size, max_eval_samples,
+    batch_sizes, seq_lengths, warmup, repeats, min_repeats, max_cell_s, quality, latency.
+    """
+    import numpy as np  # noqa: F401  (part of the bare interpreter of every backend)
+
+    threads = int(spec["threads"])
+    device = spec["device"]
+    phase("importing")
+    if spec["kind"] == "tfidf-logreg":
+        import sklearn.feature_extraction.text  # noqa: F401
+        import sklearn.linear_model  # noqa: F401
+    elif (Path(spec["model_dir"]) / "model.onnx").is_file():
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    else:
+        import torch
+        import transformers  # noqa: F401
+
+        torch.set_num_threads(threads)
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+    from lean.data import load_task
+    from lean.metrics import classification_metrics
+
+    result["memory"] = {"device": device, "bare_rss_mb": rss_now_mb()}
+    result["threads"] = threads
+
+    phase("loading task")
+    t = spec["task"]
+    task = load_task(t["spec"], t.get("text_column"), t.get("label_column"), int(t.get("split_seed", 42)))
+    test = task.test.take(spec.get("max_eval_samples"))
+
+    phase("loading model")
+    start = time.perf_counter()
+    backend = load_backend(spec, task)
+    backend.sync()
+    result["timing"] = {"load_s": round(time.perf_counter() - start, 3)}
+    result["memory"]["loaded_rss_mb"] = rss_now_mb()
+    if device.startswith("cuda") and "torch" in sys.modules:
+        import torch
+
+        result["memory"]["cuda_loaded_mb"] = round(torch.cuda.memory_allocated() / 2**20, 1)
+    result["size"] = backend.size()
+    if getattr(backend, "note", None):
+        result["note"] = backend.note
+    save()
+
+    if spec.get("quality", True):
+        phase(f"accuracy on {len(test)} test texts")
+        start = time.perf_counter()
+        max_length = int(spec["max_length"])
+        logits = backend.logits(list(test.texts), max_length, int(spec.get("eval_batch_size", 32)))
+        predicted = logits.argmax(-1).tolist()
+        mapping = label_mapping(backend.label_names, task.label_names)
+        predicted = [mapping[p] if mapping else p for p in predicted]
+        quality = classification_metrics(test.labels, predicted, task.label_names)
+        quality.update({"max_length": max_length if spec["kind"] == "model" else None, "split": "test",
+                        "split_seed": task.split_seed, "labels_matched_by": "name" if mapping else "index"})
+        result["quality"] = quality
+        result["timing"]["quality_s"] = round(time.perf_counter() - start, 3)
+        save()
+
+    if spec.get("latency", True):
+        lengths = token_lengths(list(test.texts), spec.get("tokenizer_dir") or spec.get("model_dir"))
+        result["latency"] = []
+        start = time.perf_counter()
+        for batch_size in spec["batch_sizes"]:
+            for seq_length in spec["seq_lengths"]:
+                cell: dict[str, Any] = {"batch_size": batch_size, "seq_length": seq_length}
+                if backend.max_positions and seq_length > backend.max_positions:
+                    cell["skipped"] = f"the model takes at most {backend.max_positions} tokens"
+                    result["latency"].append(cell)
+                    continue
+                phase(f"latency batch {batch_size} x {seq_length} tokens")
+                n_batches = max(1, min(MAX_DISTINCT_BATCHES, spec["warmup"] + spec["repeats"]))
+                texts, inputs_info = latency_texts(list(test.texts), lengths, batch_size, seq_length, n_batches)
+                batches = [backend.prepare(b, seq_length) for b in texts]  # tokenized once, outside the timed region
+                times = time_cell(backend.forward, backend.sync, batches, spec["warmup"], spec["repeats"],
+                                  spec.get("min_repeats", 1), spec.get("max_cell_s"))
+                cell.update(percentiles(times))
+                cell["warmup"] = spec["warmup"]
+                cell["throughput_sps"] = round(batch_size / (cell["median_ms"] / 1000.0), 3)
+                cell["inputs"] = inputs_info
+                result["latency"].append(cell)
+                save()
+        result["timing"]["latency_s"] = round(time.perf_counter() - start, 3)
+
+    result["memory"]["peak_rss_mb"] = rss_peak_mb()
+    result["memory"]["model_rss_mb"] = round(result["memory"]["peak_rss_mb"] - result["memory"]["bare_rss_mb"], 1)
+    if device.startswith("cuda") and "torch" in sys.modules:
+        import torch
+
+        result["memory"]["cuda_peak_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+
+
+def label_mapping(model_labels: list[str], task_labels: list[str]) -> list[int] | None:
+    """Model output index -> task label index, when the model's label names are the task's (any order)."""
+    if model_labels and sorted(model_labels) == sorted(task_labels):
+        index = {name: i for i, name in enumerate(task_labels)}
+        return [index[name] for name in model_labels]
+    return None
+
+
+def classify_error(e: BaseException) -> str:
+    """'oom' for out-of-memory errors (CUDA or host), else 'failed'."""
+    name = type(e).__name__
+    if isinstance(e, MemoryError) or name == "OutOfMemoryError" or "out of memory" in str(e).lower():
+        return "oom"
+    return "failed"
+
+
+def error_text(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2:
+        print("usage: python -m lean.bench.measure SPEC.json RESULT.json", file=sys.stderr)
+        return 2
+    spec = json.loads(Path(argv[0]).read_text())
+    out = Path(argv[1])
+    result: dict[str, Any] = {"status": "running"}
+
+    def save() -> None:
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=1, default=str))
+        os.replace(tmp, out)
+
+    try:
+        measure(spec, result, save)
+        result["status"] = "ok"
+    except Exception as e:  # any failure is this variant's row, with its error; the harness goes on
+        traceback.print_exc()
+        result["status"] = classify_error(e)
+        result["error"] = error_text(e)
+    save()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

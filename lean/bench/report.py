@@ -1,0 +1,275 @@
+"""Reports of a bench run: results.json, results.csv, report.md, pareto.png and the terminal table.
+
+    from lean.bench.report import write_reports, results_table
+    write_reports(results, "runs/bench/default-20250101-120000")
+
+`finalize` computes every ratio against the run's baseline (speedup per latency cell, memory and
+weight ratios, accuracy delta) from figures taken within the same run on the same machine.
+The results.json schema is documented in docs/bench.md.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+CSV_COLUMNS = ["variant", "status", "error", "accuracy", "macro_f1", "accuracy_delta", "batch_size", "seq_length",
+               "median_ms", "p90_ms", "p99_ms", "count", "throughput_sps", "speedup", "peak_rss_mb", "bare_rss_mb",
+               "model_rss_mb", "cuda_peak_mb", "memory_ratio", "weights_mb", "weights_ratio", "params", "build_s",
+               "wall_s", "steps"]
+
+
+def _row(results: dict[str, Any], name: str) -> dict[str, Any] | None:
+    return next((r for r in results["variants"] if r["name"] == name), None)
+
+
+def peak_memory_mb(row: dict[str, Any]) -> float | None:
+    """The memory figure ratios use: CUDA peak allocated on a GPU, else the subprocess's peak RSS."""
+    memory = row.get("memory") or {}
+    return memory.get("cuda_peak_mb") if memory.get("cuda_peak_mb") is not None else memory.get("peak_rss_mb")
+
+
+def finalize(results: dict[str, Any]) -> dict[str, Any]:
+    """Add ratios against the baseline to every measured row (in place; recomputed on every call)."""
+    base = _row(results, results.get("baseline"))
+    base_ok = base is not None and base.get("status") == "ok"
+    base_cells = {(c["batch_size"], c["seq_length"]): c for c in (base or {}).get("latency", []) if "median_ms" in c}
+    for row in results["variants"]:
+        for cell in row.get("latency", []):
+            ref = base_cells.get((cell["batch_size"], cell["seq_length"])) if base_ok else None
+            cell["speedup"] = round(ref["median_ms"] / cell["median_ms"], 4) if ref and cell.get("median_ms") else None
+        ratios: dict[str, Any] = {}
+        if base_ok and row.get("status") == "ok":
+            mine, theirs = peak_memory_mb(row), peak_memory_mb(base)
+            ratios["memory_ratio"] = round(mine / theirs, 4) if mine and theirs else None
+            mine_model = (row.get("memory") or {}).get("model_rss_mb")
+            theirs_model = (base.get("memory") or {}).get("model_rss_mb")
+            ratios["model_memory_ratio"] = round(mine_model / theirs_model, 4) if mine_model and theirs_model and theirs_model > 0 else None
+            w, bw = (row.get("size") or {}).get("weights_bytes"), (base.get("size") or {}).get("weights_bytes")
+            ratios["weights_ratio"] = round(w / bw, 4) if w and bw else None
+            a, ba = (row.get("quality") or {}).get("accuracy"), (base.get("quality") or {}).get("accuracy")
+            ratios["accuracy_delta"] = round(a - ba, 6) if a is not None and ba is not None else None
+        row["vs_baseline"] = ratios
+    return results
+
+
+# ---- files ---------------------------------------------------------------------------------------------
+
+def _atomic_write(path: Path, data: str | bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    os.replace(tmp, path)
+
+
+def write_reports(results: dict[str, Any], out: str | Path) -> None:
+    """Write results.json, results.csv, report.md and pareto.png into `out` (each replaced atomically)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic_write(out / "results.json", json.dumps(results, indent=2, default=str) + "\n")
+    _atomic_write(out / "results.csv", to_csv(results))
+    _atomic_write(out / "report.md", to_markdown(results))
+    _atomic_write(out / "pareto.png", pareto_png(results))
+
+
+def _mb(n: int | None) -> float | None:
+    return round(n / 2**20, 3) if n is not None else None
+
+
+def to_csv(results: dict[str, Any]) -> str:
+    """One line per (variant, latency cell); a variant without cells (failed, skipped) gets one line."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in results["variants"]:
+        quality, memory, size = row.get("quality") or {}, row.get("memory") or {}, row.get("size") or {}
+        ratios = row.get("vs_baseline") or {}
+        common = {"variant": row["name"], "status": row["status"], "error": row.get("error") or "",
+                  "accuracy": quality.get("accuracy"), "macro_f1": quality.get("macro_f1"),
+                  "accuracy_delta": ratios.get("accuracy_delta"), "peak_rss_mb": memory.get("peak_rss_mb"),
+                  "bare_rss_mb": memory.get("bare_rss_mb"), "model_rss_mb": memory.get("model_rss_mb"),
+                  "cuda_peak_mb": memory.get("cuda_peak_mb"), "memory_ratio": ratios.get("memory_ratio"),
+                  "weights_mb": _mb(size.get("weights_bytes")), "weights_ratio": ratios.get("weights_ratio"),
+                  "params": size.get("params"), "build_s": (row.get("timing") or {}).get("build_s"),
+                  "wall_s": (row.get("timing") or {}).get("wall_s"),
+                  "steps": " > ".join(next(iter(s)) for s in row["config"].get("steps", []))}
+        cells = [c for c in row.get("latency", []) if "median_ms" in c]
+        for cell in cells or [{}]:
+            writer.writerow(common | {k: cell.get(k) for k in ("batch_size", "seq_length", "median_ms", "p90_ms",
+                                                                 "p99_ms", "count", "throughput_sps", "speedup")})
+    return buffer.getvalue()
+
+
+def grid(results: dict[str, Any]) -> list[tuple[int, int]]:
+    """The (batch, length) cells of the run, in the order they were measured."""
+    cells: list[tuple[int, int]] = []
+    for row in results["variants"]:
+        for cell in row.get("latency", []):
+            key = (cell["batch_size"], cell["seq_length"])
+            if key not in cells:
+                cells.append(key)
+    return cells
+
+
+def primary_cell(results: dict[str, Any]) -> tuple[int, int] | None:
+    """The cell the Pareto plot uses: the suite's first batch size at its first length."""
+    measure = results.get("suite", {}).get("measure") or {}
+    if measure.get("batch_sizes") and measure.get("seq_lengths"):
+        return measure["batch_sizes"][0], measure["seq_lengths"][0]
+    cells = grid(results)
+    return cells[0] if cells else None
+
+
+def _cell(row: dict[str, Any], key: tuple[int, int]) -> dict[str, Any] | None:
+    return next((c for c in row.get("latency", []) if (c["batch_size"], c["seq_length"]) == key and "median_ms" in c), None)
+
+
+def _fmt(value, digits: int = 4) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def _latency_text(cell: dict[str, Any] | None) -> str:
+    if cell is None:
+        return "–"
+    speed = f" ({cell['speedup']:.2f}×)" if cell.get("speedup") else ""
+    return f"{cell['median_ms']:.2f}{speed}"
+
+
+def to_markdown(results: dict[str, Any]) -> str:
+    env, run, task = results.get("environment", {}), results.get("run", {}), results.get("task", {})
+    cells = grid(results)
+    lines = [f"# lean bench: {results['suite']['name']}", ""]
+    lines.append(f"- task: `{task.get('name')}` ({task.get('kind')}), test split {task.get('sizes', {}).get('test')} "
+                 f"texts, split seed {task.get('split_seed')}")
+    lines.append(f"- machine: {env.get('gpu') or env.get('cpu')}, device `{run.get('device')}`, {run.get('threads')} "
+                 f"threads; torch {env.get('versions', {}).get('torch', '-')}, onnxruntime "
+                 f"{env.get('versions', {}).get('onnxruntime-gpu') or env.get('versions', {}).get('onnxruntime', '-')}; "
+                 f"commit `{env.get('git_commit')}`")
+    lines.append(f"- run: started {run.get('started')}, {run.get('wall_s') or '…'} s, {run.get('steps_built', 0)} step(s) "
+                 f"built (others reused from `{run.get('runs_dir')}`); baseline `{results.get('baseline')}`"
+                 + ("; **interrupted**" if run.get("interrupted") else ""))
+    lines.append("")
+    header = ["variant", "status", "accuracy", "macro-F1", "Δ acc"] + [f"b{b}×{l} ms" for b, l in cells] + \
+             ["peak MB (×)", "weights MB (×)", "params"]
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "---|" * len(header))
+    for row in results["variants"]:
+        quality, memory, size = row.get("quality") or {}, row.get("memory") or {}, row.get("size") or {}
+        ratios = row.get("vs_baseline") or {}
+        peak = peak_memory_mb(row)
+        mem = f"{peak:.0f}" + (f" ({ratios['memory_ratio']:.2f}×)" if ratios.get("memory_ratio") else "") if peak else ""
+        weights = _mb(size.get("weights_bytes"))
+        wtext = f"{weights:.1f}" + (f" ({ratios['weights_ratio']:.2f}×)" if ratios.get("weights_ratio") else "") if weights else ""
+        delta = ratios.get("accuracy_delta")
+        values = [f"`{row['name']}`", row["status"], _fmt(quality.get("accuracy")), _fmt(quality.get("macro_f1")),
+                  "" if delta is None else f"{delta:+.4f}"] + \
+                 [_latency_text(_cell(row, key)) for key in cells] + \
+                 [mem, wtext, f"{size['params'] / 1e6:.2f}M" if size.get("params") else ""]
+        lines.append("| " + " | ".join(values) + " |")
+    problems = [r for r in results["variants"] if r["status"] != "ok"]
+    if problems:
+        lines += ["", "Not measured:", ""]
+        lines += [f"- `{r['name']}` **{r['status']}** ({r.get('phase')}): {r.get('error')}" for r in problems]
+    lines += ["", "![accuracy against latency](pareto.png)", "", "## Reading this report", "",
+              "- **accuracy / macro-F1** are on the task's full test split (the split seed is above); "
+              "Δ acc is the difference from the baseline.",
+              "- **latency** is the median of timed runs after warm-up, in milliseconds per batch, at each batch size × "
+              "sequence length, on real test texts truncated to exactly that length; `(N×)` is the speedup over the "
+              "baseline in this same run. p90/p99 and the run counts are in results.json and results.csv.",
+              "- **peak MB** is the peak resident memory of the variant's own subprocess (on CUDA: peak allocated GPU "
+              "memory); results.json also gives the same interpreter's RSS before loading anything (`bare_rss_mb`), "
+              "so `model_rss_mb` is what the model and its inference added.",
+              "- Compare rows only within one report: absolute times depend on the machine and its load; quote the "
+              "ratios. A variant that needs hardware this machine lacks is listed as skipped, with the reason.",
+              "- The Pareto plot places each variant at its accuracy and its latency in the first cell "
+              f"(batch {primary_cell(results)[0] if primary_cell(results) else '-'}); the line joins the variants no "
+              "other variant beats on both."]
+    return "\n".join(lines) + "\n"
+
+
+def pareto_front(points: list[tuple[str, float, float]]) -> list[tuple[str, float, float]]:
+    """(name, latency, accuracy) points that no other point beats on both (lower latency, higher accuracy)."""
+    front, best = [], float("-inf")
+    for point in sorted(points, key=lambda p: (p[1], -p[2])):
+        if point[2] > best:
+            front.append(point)
+            best = point[2]
+    return front
+
+
+def pareto_png(results: dict[str, Any]) -> bytes:
+    """Accuracy against median latency at the primary cell, a labelled point per variant, the front drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    key = primary_cell(results)
+    points = []
+    for row in results["variants"]:
+        cell = _cell(row, key) if key else None
+        accuracy = (row.get("quality") or {}).get("accuracy")
+        if row["status"] == "ok" and cell and accuracy is not None:
+            points.append((row["name"], cell["median_ms"], accuracy))
+    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
+    if points:
+        ax.scatter([p[1] for p in points], [p[2] for p in points], color="tab:blue", zorder=3)
+        for name, x, y in points:
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        front = pareto_front(points)
+        ax.step([p[1] for p in front], [p[2] for p in front], where="post", color="tab:red", alpha=0.7,
+                label="Pareto front", zorder=2)
+        if max(p[1] for p in points) / max(min(p[1] for p in points), 1e-9) > 20:
+            ax.set_xscale("log")
+        ax.legend(loc="best")
+    else:
+        ax.text(0.5, 0.5, "no variant measured yet", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel(f"median latency, ms (batch {key[0]} × {key[1]} tokens)" if key else "median latency, ms")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(f"lean bench {results['suite']['name']}: accuracy against latency "
+                 f"({results.get('run', {}).get('device')}, {results.get('run', {}).get('threads')} threads)")
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+# ---- terminal -----------------------------------------------------------------------------------------
+
+def results_table(results: dict[str, Any]):
+    """A rich Table of the run (the same columns as report.md, errors shortened)."""
+    from rich.table import Table
+
+    cells = grid(results)
+    table = Table(title=f"lean bench {results['suite']['name']} ({results['run']['device']}, "
+                        f"{results['run']['threads']} threads; speedup over {results['baseline']})")
+    for column in ["variant", "status", "accuracy", "F1"] + [f"b{b}×{l} ms" for b, l in cells] + ["peak MB", "weights MB"]:
+        table.add_column(column, justify="left" if column in ("variant", "status") else "right")
+    for row in results["variants"]:
+        quality, size = row.get("quality") or {}, row.get("size") or {}
+        status = row["status"] if row["status"] == "ok" else f"{row['status']}: {(row.get('error') or '')[:60]}"
+        peak = peak_memory_mb(row)
+        table.add_row(row["name"], status, _fmt(quality.get("accuracy")), _fmt(quality.get("macro_f1")),
+                      *[_latency_text(_cell(row, key)) for key in cells],
+                      f"{peak:.0f}" if peak else "", f"{_mb(size['weights_bytes']):.1f}" if size.get("weights_bytes") else "")
+    return table
+
+
+def print_row(console, row: dict[str, Any], results: dict[str, Any]) -> None:
+    """One line as each variant finishes."""
+    if row["status"] != "ok":
+        console.print(f"  {row['name']}: {row['status']} ({row.get('phase')}): {row.get('error')}", highlight=False)
+        return
+    quality = row.get("quality") or {}
+    cells = [c for c in row.get("latency", []) if "median_ms" in c]
+    first = f", b{cells[0]['batch_size']}×{cells[0]['seq_length']} {_latency_text(cells[0])} ms" if cells else ""
+    cached = sum(1 for c in row.get("chain", []) if c["cached"])
+    built = len(row.get("chain", [])) - cached
+    console.print(f"  {row['name']}: accuracy {_fmt(quality.get('accuracy'))}{first}, peak "
+                  f"{peak_memory_mb(row) or 0:.0f} MB ({built} step(s) built, {cached} reused, "
+                  f"{row['timing'].get('wall_s', 0):.0f} s)", highlight=False)

@@ -1,0 +1,568 @@
+"""The harness: build each variant's chain (cached by config hash), measure it in a fresh subprocess,
+write the results after every variant.
+
+    from lean.bench import run_bench, load_suite, BenchOptions
+    results = run_bench(load_suite(), BenchOptions(output="runs/bench/default"))
+
+Building: a variant is a chain of steps from the teacher (itself a chain from the base). Each step's
+directory is `RUNS_DIR/<step>-<hash>`, where the hash (lean.steps.config_hash) covers the step, its
+full config and its parent's hash, so the teacher is built once and reused by every variant and every
+later run. A step is built in its own subprocess (`python -m lean.bench.runner build SPEC.json`)
+through lean.steps.run_step, so a crash or a timeout marks one row and leaves no half-written dir.
+
+Measuring: `python -m lean.bench.measure` per variant (see measure.py). A failure, a timeout or an
+out-of-memory is that variant's row; Ctrl-C stops the running subprocess and leaves every finished
+row written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from lean.bench.suite import Suite, Variant, build_step_config, step_options
+from lean.errors import LeanError
+
+STATUSES = ("ok", "failed", "skipped", "timeout", "oom")
+TRAINING_STEPS = {"finetune", "distill"}  # steps that run a transformers Trainer (their progress gives an eta)
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class BenchOptions:
+    output: str | os.PathLike | None = None  # None: runs/bench/<suite>-<timestamp>
+    runs_dir: str | os.PathLike = "runs/cache"  # intermediate directories, shared by every run
+    variants: list[str] | None = None  # None: all of the suite's variants
+    timeout_s: float | None = None  # per variant, overrides the suite's measure.timeout_s
+    device: str = "auto"
+    threads: int | None = None  # overrides the suite's measure.threads
+    overwrite: bool = False
+    quiet: bool = False  # no progress display (the per-variant lines still print)
+
+
+class BuildError(Exception):
+    def __init__(self, status: str, error: str):
+        super().__init__(error)
+        self.status, self.error = status, error
+
+
+# ---- subprocesses ------------------------------------------------------------------------------------
+
+def child_env(threads: int | None) -> dict[str, str]:
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+    if threads:
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            env[name] = str(threads)
+    return env
+
+
+def stop_child(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """SIGINT first (a step then removes its temp dir), SIGKILL if it has not exited after `grace_s`."""
+    for sig, wait in ((signal.SIGINT, grace_s), (signal.SIGKILL, 5.0)):
+        if proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return
+        try:
+            proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def run_child(args: list[str], log: Path, timeout_s: float | None, on_line: Callable[[str], None],
+              env: dict[str, str], tick: Callable[[], None] | None = None) -> tuple[int, bool]:
+    """Run `python args...` in its own process group, its output to `log`; lines starting with '@'
+    go to `on_line`. Returns (returncode, timed_out); Ctrl-C stops the child and re-raises."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as log_file:
+        proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env=env, start_new_session=True, bufsize=1, errors="replace")
+
+        def pump():
+            for line in proc.stdout:
+                if line.startswith("@"):
+                    on_line(line.strip())
+                else:
+                    log_file.write(line)
+                    log_file.flush()
+
+        reader = threading.Thread(target=pump, daemon=True)
+        reader.start()
+        start, timed_out = time.monotonic(), False
+        try:
+            while proc.poll() is None:
+                if timeout_s is not None and time.monotonic() - start > timeout_s:
+                    timed_out = True
+                    stop_child(proc, grace_s=5.0)
+                    break
+                if tick:
+                    tick()
+                try:
+                    proc.wait(timeout=0.25)
+                except subprocess.TimeoutExpired:
+                    pass
+        except KeyboardInterrupt:
+            stop_child(proc)
+            raise
+        finally:
+            reader.join(timeout=5)
+    return proc.returncode, timed_out
+
+
+def crash_text(returncode: int, log: Path) -> str:
+    tail = [l for l in log.read_text(errors="replace").splitlines() if l.strip()][-1:] if log.is_file() else []
+    how = f"killed by {signal.Signals(-returncode).name}" if returncode < 0 else f"exited with status {returncode}"
+    return f"the subprocess {how}" + (f"; last output: {tail[0].strip()[:300]}" if tail else "")
+
+
+# ---- the build step subprocess ------------------------------------------------------------------------
+
+def _report_trainer_progress() -> None:
+    """Make every transformers Trainer in this process print '@progress step max_steps' (for the eta)."""
+    try:
+        import transformers
+        from transformers import TrainerCallback
+    except ImportError:
+        return
+
+    class BenchProgress(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                print(f"@progress {state.global_step} {state.max_steps}", flush=True)
+
+    original = transformers.Trainer.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        self.add_callback(BenchProgress())
+
+    transformers.Trainer.__init__ = init
+
+
+def build_main(spec_file: str) -> int:
+    """Child: run one step through lean.steps.run_step; write {"status", "error"} to spec["result"]."""
+    import traceback
+
+    from lean.bench.measure import classify_error, error_text
+    from lean.steps import STEPS, register_step, run_step, step_config
+
+    spec = json.loads(Path(spec_file).read_text())
+    result: dict[str, Any] = {"status": "ok"}
+    try:
+        if tuple(STEPS.get(spec["step"], ())) != tuple(spec["entry"]):
+            register_step(spec["step"], *spec["entry"])
+        config = step_config(spec["step"], spec["options"])
+        if spec["step"] in TRAINING_STEPS:  # importing transformers costs seconds; only trainers report steps
+            _report_trainer_progress()
+        run_step(spec["step"], spec["source"], config, spec["out"])
+    except Exception as e:  # the step's failure is this variant's row; the harness goes on
+        traceback.print_exc()
+        result = {"status": classify_error(e), "error": error_text(e)}
+    Path(spec["result"]).write_text(json.dumps(result))
+    return 0
+
+
+# ---- chains ---------------------------------------------------------------------------------------------
+
+def source_key(spec: str) -> str:
+    """What a chain's first step hashes as its parent: the manifest hash of a lean directory, else a
+    fingerprint of config.json and the weight files' names and sizes, else the spec itself (a Hub id)."""
+    from lean.models import manifest_hash, resolve_model
+
+    path = Path(resolve_model(spec))
+    if not path.is_dir():
+        return spec
+    if manifest_hash(path):
+        return f"manifest:{manifest_hash(path)}"
+    digest = hashlib.sha256()
+    config = path / "config.json"
+    digest.update(config.read_bytes() if config.is_file() else b"")
+    for f in sorted(path.iterdir()):
+        if f.is_file() and f.suffix in (".safetensors", ".onnx", ".bin"):
+            digest.update(f"{f.name}:{f.stat().st_size}".encode())
+    return f"dir:{digest.hexdigest()[:16]}"
+
+
+def trained_max_length(path: str | Path, default: int = 128) -> int:
+    """The max_length a directory's chain was trained or exported at (walking parents), else `default`."""
+    from lean.models import read_manifest
+
+    for _ in range(16):
+        manifest = read_manifest(path)
+        if not manifest:
+            break
+        value = manifest.get("max_length") or (manifest.get("config") or {}).get("max_length")
+        if isinstance(value, int) and value > 0:
+            return value
+        parent = (manifest.get("parent") or {}).get("resolved")
+        if not parent or not Path(parent).is_dir():
+            break
+        path = parent
+    return default
+
+
+class Chains:
+    """Builds chains of steps with a directory per (step, config hash), remembering outcomes within a run."""
+
+    def __init__(self, suite: Suite, runs_dir: Path, logs: Path, status: Callable[[str], None], build_timeout_s):
+        self.suite, self.runs_dir, self.logs, self.status = suite, runs_dir, logs, status
+        self.build_timeout_s = build_timeout_s
+        self.done: dict[str, Path | BuildError] = {}  # chain hash -> directory, or the failure
+        self.builds = 0  # steps actually built (not cached) in this run
+
+    def build(self, source: str, key: str, steps, where: str, variant: str, records: list[dict]) -> tuple[Path, str]:
+        """Build `steps` on `source` (whose chain key is `key`); append a record per step. -> (dir, key)."""
+        from lean.steps import config_dict, config_hash
+
+        path = Path(source)
+        for i, step in enumerate(steps):
+            try:
+                config = build_step_config(self.suite, step, f"{where} step {i + 1} ({step.name})")
+            except (ImportError, AttributeError) as e:
+                raise BuildError("failed", f"step '{step.name}' is not available: {type(e).__name__}: {e}") from None
+            except LeanError as e:
+                raise BuildError("failed", str(e)) from None
+            key = config_hash(step.name, config, key)
+            out = self.runs_dir / f"{step.name}-{key}"
+            record = {"step": step.name, "config": config_dict(config),
+                      "config_hash": key, "dir": str(out), "cached": True, "build_s": 0.0}
+            records.append(record)
+            known = self.done.get(key)
+            if isinstance(known, BuildError):
+                raise BuildError(known.status, f"{step.name} (built for an earlier variant) failed: {known.error}")
+            if (out / "lean.json").is_file():
+                path = out
+                continue
+            record["cached"] = False
+            started = time.perf_counter()
+            try:
+                self._build_one(step, config, str(path), out, variant, f"{i + 1}/{len(steps)}")
+            except BuildError as e:
+                self.done[key] = e
+                record["build_s"] = round(time.perf_counter() - started, 2)
+                raise
+            record["build_s"] = round(time.perf_counter() - started, 2)
+            self.builds += 1
+            self.done[key] = out
+            path = out
+        return path, key
+
+    def _build_one(self, step, config, source: str, out: Path, variant: str, position: str) -> None:
+        from lean.steps import STEPS
+
+        self.runs_dir.mkdir(parents=True, exist_ok=True)
+        safe = _safe(variant)
+        spec_file = self.logs / f"{safe}.{step.name}.build.json"
+        result_file = self.logs / f"{safe}.{step.name}.build-result.json"
+        result_file.unlink(missing_ok=True)
+        options = step_options(self.suite, step)  # the dict the parent built `config` from
+        spec_file.write_text(json.dumps({"step": step.name, "entry": list(STEPS[step.name]), "options": options,
+                                         "source": source, "out": str(out), "result": str(result_file)}, default=str))
+        label = f"build {step.name} ({position})"
+        started = time.monotonic()
+        self.status(label)
+
+        def on_line(line: str) -> None:
+            parts = line.split()
+            if parts[0] == "@progress" and len(parts) == 3 and parts[2] != "0":
+                done, total = int(parts[1]), int(parts[2])
+                elapsed = time.monotonic() - started
+                eta = elapsed / done * (total - done) if done else 0
+                self.status(f"{label}: {done}/{total} training steps, eta {_clock(eta)}")
+
+        code, timed_out = run_child(["-m", "lean.bench.runner", "build", str(spec_file)],
+                                    self.logs / f"{safe}.{step.name}.build.log", self.build_timeout_s, on_line,
+                                    child_env(None))
+        if timed_out:
+            raise BuildError("timeout", f"building {step.name} exceeded the {self.build_timeout_s:g} s build timeout")
+        if result_file.is_file():
+            result = json.loads(result_file.read_text())
+            if result["status"] != "ok":
+                raise BuildError(result["status"], f"{step.name} failed: {result['error']}")
+        elif code != 0:
+            status = "oom" if code == -signal.SIGKILL else "failed"
+            raise BuildError(status, f"{step.name}: {crash_text(code, self.logs / f'{safe}.{step.name}.build.log')}")
+        if not (out / "lean.json").is_file():
+            raise BuildError("failed", f"{step.name} finished but wrote no {out}/lean.json")
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_.+" else "_" for c in name)
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+# ---- the run ---------------------------------------------------------------------------------------------
+
+def missing_requirement(variant: Variant, device: str) -> str | None:
+    """Why this machine cannot run the variant, or None."""
+    for need in variant.requires:
+        if need == "cuda":
+            if not device.startswith("cuda"):
+                return "needs CUDA: this machine has no CUDA GPU" if not _has_cuda() else "needs CUDA: measuring on --device cpu"
+        elif importlib.util.find_spec(need.replace("-", "_")) is None:
+            return f"needs the package {need} (not installed)"
+    return None
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+def default_output(suite: Suite) -> Path:
+    return Path("runs/bench") / f"{_safe(suite.name)}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def select_variants(suite: Suite, names: list[str] | None) -> list[str]:
+    """The variants to run, baseline first (ratios need it), in suite order."""
+    if names:
+        unknown = [n for n in names if n not in suite.variants]
+        if unknown:
+            raise LeanError(f"unknown variant '{unknown[0]}' in --variants; this suite has: {', '.join(suite.variants)}")
+        chosen = set(names)
+    else:
+        chosen = set(suite.variants)
+    chosen.add(suite.baseline)
+    return [suite.baseline] + [n for n in suite.variants if n in chosen and n != suite.baseline]
+
+
+def run_bench(suite: Suite, options: BenchOptions | None = None, console=None) -> dict[str, Any]:
+    """Build and measure every selected variant; returns the results dict (also written to the output dir)."""
+    from lean.bench.report import finalize, print_row, write_reports
+    from lean.data import load_task
+    from lean.models import environment, resolve_device
+    from lean.runtime import physical_cores
+    from lean.steps import check_output_dir
+
+    options = options or BenchOptions()
+    output = check_output_dir(options.output or default_output(suite), options.overwrite)
+    names = select_variants(suite, options.variants)
+    device = resolve_device(options.device)
+    threads = options.threads or suite.measure.threads or physical_cores()
+    task = load_task(suite.task, suite.text_column, suite.label_column, suite.split_seed)  # bad task: error before any work
+    runs_dir = Path(options.runs_dir).expanduser().resolve()
+    output.mkdir(parents=True, exist_ok=True)
+    logs = output / "logs"
+    logs.mkdir(exist_ok=True)
+
+    started = time.time()
+    results: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "suite": suite.to_dict(),
+        "run": {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "finished": None, "wall_s": None,
+                "output": str(output.resolve()), "runs_dir": str(runs_dir), "device": device, "threads": threads,
+                "selected": names, "interrupted": False, "steps_built": 0},
+        "environment": environment(device) | {"threads": threads},
+        "task": task.describe(),
+        "baseline": suite.baseline,
+        "variants": [],
+    }
+    progress = _Progress(console, len(names), enabled=not options.quiet)
+    chains = Chains(suite, runs_dir, logs, progress.phase, suite.measure.build_timeout_s)
+    teacher: dict[str, Any] = {}
+
+    def teacher_dir(records: list[dict]) -> tuple[Path, str]:
+        if isinstance(suite.teacher, str):
+            from lean.models import resolve_model
+
+            return Path(resolve_model(suite.teacher)), source_key(suite.teacher)
+        if "error" in teacher:
+            raise BuildError(teacher["error"].status, f"the teacher failed to build: {teacher['error'].error}")
+        try:
+            path, key = chains.build(suite.base, source_key(suite.base), suite.teacher, "teacher", "teacher", records)
+        except BuildError as e:
+            teacher["error"] = e
+            raise BuildError(e.status, f"the teacher failed to build: {e.error}") from None
+        return path, key
+
+    progress.start()
+    try:
+        for index, name in enumerate(names):
+            variant = suite.variants[name]
+            progress.variant(name, index)
+            row = measure_variant(suite, variant, device, threads, options, chains, teacher_dir, logs, progress)
+            results["variants"].append(row)
+            results["run"]["steps_built"] = chains.builds
+            finalize(results)
+            write_reports(results, output)
+            progress.done(index + 1)
+            print_row(progress.console, row, results)
+    except KeyboardInterrupt:
+        results["run"]["interrupted"] = True
+        done = {r["name"] for r in results["variants"]}
+        results["run"]["not_run"] = [n for n in names if n not in done]
+        raise
+    finally:
+        progress.stop()
+        results["run"]["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        results["run"]["wall_s"] = round(time.time() - started, 1)
+        results["run"]["steps_built"] = chains.builds
+        finalize(results)
+        write_reports(results, output)
+    return results
+
+
+def measure_variant(suite: Suite, variant: Variant, device: str, threads: int, options: BenchOptions, chains: Chains,
+                    teacher_dir, logs: Path, progress) -> dict[str, Any]:
+    """One row: requirements, chain build, then the measuring subprocess."""
+    from lean.models import resolve_model
+
+    measure = variant.measure
+    timeout_s = options.timeout_s or measure.timeout_s
+    row: dict[str, Any] = {"name": variant.name, "status": "ok", "error": None, "phase": None,
+                           "config": variant.config(), "measure": dataclasses.asdict(measure) | {"timeout_s": timeout_s},
+                           "chain": [], "model_dir": None, "timing": {}}
+    started = time.perf_counter()
+    reason = missing_requirement(variant, device)
+    if reason:
+        row.update(status="skipped", error=reason, phase="requirements")
+        return row
+
+    # build
+    progress.phase("build")
+    build_started = time.perf_counter()
+    model_dir: Path | None = None
+    try:
+        if variant.kind == "model":
+            if variant.start == "teacher":
+                source, key = teacher_dir(row["chain"])
+            elif variant.start == "base":
+                source, key = Path(resolve_model(suite.base)), source_key(suite.base)
+            else:
+                source, key = Path(resolve_model(variant.start)), source_key(variant.start)
+            model_dir, _ = chains.build(str(source), key, variant.steps, f"variant '{variant.name}'", variant.name, row["chain"])
+    except BuildError as e:
+        row.update(status=e.status, error=e.error, phase="build")
+    except LeanError as e:
+        row.update(status="failed", error=str(e), phase="build")
+    row["timing"]["build_s"] = round(time.perf_counter() - build_started, 2)
+    if row["status"] != "ok":
+        row["timing"]["wall_s"] = round(time.perf_counter() - started, 2)
+        return row
+    row["model_dir"] = str(model_dir) if model_dir else None
+
+    # measure
+    tokenizer_dir = str(model_dir) if model_dir else _base_tokenizer_dir(suite)
+    spec = {
+        "kind": variant.kind, "model_dir": row["model_dir"], "tokenizer_dir": tokenizer_dir,
+        "load": dataclasses.asdict(variant.load), "device": device, "threads": threads,
+        "task": {"spec": suite.task, "text_column": suite.text_column, "label_column": suite.label_column,
+                 "split_seed": suite.split_seed},
+        "max_length": measure.max_length or (trained_max_length(model_dir) if model_dir else 128),
+        "eval_batch_size": measure.eval_batch_size, "max_eval_samples": measure.max_eval_samples,
+        "batch_sizes": measure.batch_sizes, "seq_lengths": measure.seq_lengths, "warmup": measure.warmup,
+        "repeats": measure.repeats, "min_repeats": measure.min_repeats, "max_cell_s": measure.max_cell_s,
+        "quality": measure.quality, "latency": measure.latency,
+    }
+    safe = _safe(variant.name)
+    spec_file, result_file, log = logs / f"{safe}.measure.json", logs / f"{safe}.result.json", logs / f"{safe}.measure.log"
+    spec_file.write_text(json.dumps(spec, indent=1, default=str))
+    result_file.unlink(missing_ok=True)
+    current = {"phase": "starting"}
+
+    def on_line(line: str) -> None:
+        if line.startswith("@phase "):
+            current["phase"] = line[len("@phase "):]
+            progress.phase(f"measure: {current['phase']}")
+
+    progress.phase("measure: starting")
+    code, timed_out = run_child(["-m", "lean.bench.measure", str(spec_file), str(result_file)], log, timeout_s,
+                                on_line, child_env(threads))
+    result = json.loads(result_file.read_text()) if result_file.is_file() else {}
+    for key in ("quality", "latency", "memory", "size", "threads", "note"):
+        if key in result:
+            row[key] = result[key]
+    row["timing"].update(result.get("timing", {}))
+    row["timing"]["wall_s"] = round(time.perf_counter() - started, 2)
+    row["log"] = str(log)
+    if timed_out:
+        row.update(status="timeout", phase="measure",
+                   error=f"exceeded the {timeout_s:g} s per-variant timeout during: {current['phase']}")
+    elif result.get("status") in STATUSES and result["status"] != "ok":
+        row.update(status=result["status"], error=result.get("error"), phase="measure")
+    elif result.get("status") != "ok":
+        status = "oom" if code == -signal.SIGKILL else "failed"
+        row.update(status=status, phase="measure", error=crash_text(code, log) + (
+            " (SIGKILL without a timeout: most likely the out-of-memory killer)" if status == "oom" else ""))
+    return row
+
+
+def _base_tokenizer_dir(suite: Suite) -> str | None:
+    from lean.models import resolve_model
+
+    try:
+        path = resolve_model(suite.base)
+    except LeanError:
+        return None
+    return path if Path(path).is_dir() else None
+
+
+class _Progress:
+    """A rich progress line: variant i/N, its phase (with a step's own eta while building), elapsed, eta."""
+
+    def __init__(self, console, total: int, enabled: bool = True):
+        from rich.console import Console
+
+        self.console = console or Console(stderr=True)
+        self.enabled = enabled and self.console.is_terminal
+        self.bar = None
+        self.total = total
+        if self.enabled:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
+                                       TimeElapsedColumn, TimeRemainingColumn)
+
+            self.bar = Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(bar_width=20),
+                                MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                                TextColumn("{task.fields[phase]}"), console=self.console)
+            self.task = self.bar.add_task("bench", total=total, phase="")
+
+    def start(self):
+        if self.bar:
+            self.bar.start()
+
+    def stop(self):
+        if self.bar:
+            self.bar.stop()
+
+    def variant(self, name: str, index: int):
+        if self.bar:
+            self.bar.update(self.task, description=f"{name}", phase="")
+        else:
+            self.console.print(f"[{index + 1}/{self.total}] {name}", highlight=False)
+
+    def phase(self, text: str):
+        if self.bar:
+            self.bar.update(self.task, phase=text)
+
+    def done(self, completed: int):
+        if self.bar:
+            self.bar.update(self.task, completed=completed)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "build":
+        sys.exit(build_main(sys.argv[2]))
+    print("usage: python -m lean.bench.runner build SPEC.json", file=sys.stderr)
+    sys.exit(2)

@@ -1,0 +1,341 @@
+"""Benchmark suites: the YAML schema, its validation, and the registry of variant kinds.
+
+    from lean.bench.suite import load_suite
+    suite = load_suite("benchmarks/suites/default.yaml")    # or load_suite() for the built-in one
+
+A suite names a task, a base model, a teacher chain (steps from the base), a baseline variant,
+how to measure, and the variants. A variant is a chain of steps that starts from the teacher (or
+the base, or an existing directory), plus options for loading the result (attention, dtype). Every
+key is checked here: a misspelt key is a one-line LeanError that names it and lists the known ones,
+before any model is built. The full schema is documented in docs/bench.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lean.errors import LeanError
+
+# The built-in suite ships inside the package (benchmarks/suites/default.yaml is a link to it), so
+# `lean bench` works from a non-editable install too.
+DEFAULT_SUITE = Path(__file__).with_name("default.yaml")
+
+# Variant kinds: how the measuring subprocess loads and runs a variant. "model" covers every model
+# directory (PyTorch, bitsandbytes, ONNX); "tfidf-logreg" is the classical reference row.
+VARIANT_KINDS = {
+    "model": "a model directory built by the variant's steps (PyTorch, quantized or ONNX)",
+    "tfidf-logreg": "TF-IDF features + logistic regression (scikit-learn), trained on the task's train split",
+}
+ATTENTIONS = ("eager", "sdpa", "lean")  # `lean` is the fused Triton kernel (lean.attention)
+DTYPES = ("float32", "bfloat16", "float16")
+STARTS = ("teacher", "base")  # where a variant's steps begin (or a directory path)
+
+
+def _check_keys(where: str, values: Any, known: set[str] | list[str]) -> dict[str, Any]:
+    """A mapping with only known keys, or a LeanError that names the first unknown one."""
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise LeanError(f"{where} must be a mapping (key: value), got {type(values).__name__}")
+    for key in values:
+        if key not in known:
+            raise LeanError(f"unknown key '{key}' in {where}; known keys: {', '.join(sorted(known))}")
+    return dict(values)
+
+
+@dataclass
+class MeasureConfig:
+    """How every variant is measured (a variant may override any of these for itself)."""
+
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 32])
+    seq_lengths: list[int] = field(default_factory=lambda: [128, 256])
+    warmup: int = 3  # untimed runs per (batch, length) cell: first calls pay for allocation and kernel selection
+    repeats: int = 20  # timed runs per cell (at most)
+    min_repeats: int = 5  # ...but at least this many, even past max_cell_s
+    max_cell_s: float | None = None  # stop repeating a cell once its timed runs sum to this (None: no cap)
+    timeout_s: float = 900.0  # per variant: its measuring subprocess is killed past this
+    build_timeout_s: float | None = None  # per step build (None: no limit; fine-tuning takes minutes)
+    threads: int | None = None  # intra-op threads; None: the physical cores (fixed and recorded)
+    max_length: int | None = None  # accuracy: None = the max_length the model was trained at, else 128
+    eval_batch_size: int = 32
+    max_eval_samples: int | None = None  # None: the full test split (the honest figure)
+    quality: bool = True
+    latency: bool = True
+
+    def __post_init__(self):
+        for name in ("batch_sizes", "seq_lengths"):
+            value = getattr(self, name)
+            if isinstance(value, int):
+                value = [value]
+                setattr(self, name, value)
+            if not isinstance(value, list) or not value or not all(isinstance(v, int) and v >= 1 for v in value):
+                raise LeanError(f"measure.{name} must be a non-empty list of positive integers, got {value!r}")
+        if self.warmup < 0:
+            raise LeanError(f"measure.warmup must be 0 or more, got {self.warmup}")
+        if self.repeats < 1 or self.min_repeats < 1:
+            raise LeanError(f"measure.repeats and measure.min_repeats must be at least 1, got {self.repeats}, {self.min_repeats}")
+        self.min_repeats = min(self.min_repeats, self.repeats)
+        if self.timeout_s <= 0 or (self.build_timeout_s is not None and self.build_timeout_s <= 0):
+            raise LeanError("measure.timeout_s and measure.build_timeout_s must be positive seconds")
+        if self.threads is not None and self.threads < 1:
+            raise LeanError(f"measure.threads must be at least 1, got {self.threads}")
+        if self.max_length is not None and self.max_length < 8:
+            raise LeanError(f"measure.max_length must be at least 8, got {self.max_length}")
+
+    def replace(self, overrides: dict[str, Any], where: str) -> "MeasureConfig":
+        known = {f.name for f in dataclasses.fields(self)}
+        overrides = _check_keys(where, overrides, known)
+        return _build(MeasureConfig, {**dataclasses.asdict(self), **overrides}, where)
+
+
+@dataclass
+class LoadOptions:
+    """How the measuring subprocess loads a variant's directory."""
+
+    attention: str | None = None  # eager | sdpa | lean; None: the library default
+    dtype: str | None = None  # float32 | bfloat16 | float16; None: as saved
+    provider: str | None = None  # onnxruntime execution provider; None: CUDA when measuring on CUDA, else CPU
+
+    def __post_init__(self):
+        if self.attention is not None and self.attention not in ATTENTIONS:
+            raise LeanError(f"load.attention '{self.attention}' is not one of {', '.join(ATTENTIONS)}")
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise LeanError(f"load.dtype '{self.dtype}' is not one of {', '.join(DTYPES)}")
+
+
+@dataclass
+class Step:
+    """One step of a chain: its registry name and its options as written in the suite."""
+
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {self.name: dict(self.options)}
+
+
+@dataclass
+class Variant:
+    name: str
+    kind: str = "model"
+    start: str = "teacher"  # teacher | base | a directory path
+    steps: list[Step] = field(default_factory=list)
+    load: LoadOptions = field(default_factory=LoadOptions)
+    requires: list[str] = field(default_factory=list)  # cuda, or importable module names (triton, ...)
+    measure: MeasureConfig = field(default_factory=MeasureConfig)
+    description: str = ""
+
+    def config(self) -> dict[str, Any]:
+        """What results.json records as this variant's configuration."""
+        return {"kind": self.kind, "from": self.start, "steps": [s.to_dict() for s in self.steps],
+                "load": dataclasses.asdict(self.load), "requires": list(self.requires), "description": self.description}
+
+
+@dataclass
+class Suite:
+    name: str
+    task: str
+    base: str
+    teacher: list[Step] | str  # a chain from the base, or an existing directory
+    baseline: str
+    measure: MeasureConfig
+    variants: dict[str, Variant]
+    text_column: str | None = None
+    label_column: str | None = None
+    split_seed: int = 42
+    file: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "file": self.file, "task": self.task, "text_column": self.text_column,
+                "label_column": self.label_column, "split_seed": self.split_seed, "base": self.base,
+                "teacher": self.teacher if isinstance(self.teacher, str) else [s.to_dict() for s in self.teacher],
+                "baseline": self.baseline, "measure": dataclasses.asdict(self.measure),
+                "variants": {n: v.config() for n, v in self.variants.items()}}
+
+
+SUITE_KEYS = {"name", "description", "task", "text_column", "label_column", "split_seed", "base", "teacher",
+              "baseline", "measure", "variants"}
+VARIANT_KEYS = {"kind", "from", "path", "steps", "load", "requires", "measure", "description"}
+
+
+def _build(cls, values: dict[str, Any], where: str):
+    """Construct a config dataclass; a wrong type becomes a LeanError naming `where`."""
+    try:
+        return cls(**values)
+    except TypeError as e:
+        raise LeanError(f"{where}: {e}") from None
+
+
+def parse_steps(value: Any, where: str) -> list[Step]:
+    """`[{finetune: {epochs: 1}}, {export: {}}]` (or a bare step name) -> [Step, ...], names checked."""
+    from lean.steps import STEPS
+
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise LeanError(f"{where} must be a list of steps like [{{finetune: {{epochs: 1}}}}], got {type(value).__name__}")
+    steps = []
+    for i, item in enumerate(value):
+        if isinstance(item, str):
+            item = {item: {}}
+        if not isinstance(item, dict) or len(item) != 1:
+            raise LeanError(f"{where}[{i}] must be one step name with its options, like {{quantize: {{method: bnb-int8}}}}")
+        (name, options), = item.items()
+        if name not in STEPS:
+            raise LeanError(f"unknown step '{name}' in {where}[{i}]; known steps: {', '.join(sorted(STEPS))}")
+        if options is not None and not isinstance(options, dict):
+            raise LeanError(f"options of step '{name}' in {where}[{i}] must be a mapping, got {type(options).__name__}")
+        steps.append(Step(name, dict(options or {})))
+    return steps
+
+
+def parse_suite(data: Any, file: str | None = None, check_steps: bool = True) -> Suite:
+    """Validate a suite's parsed YAML into a Suite; every unknown key is a LeanError naming it."""
+    where = f"suite '{file}'" if file else "suite"
+    data = _check_keys(f"{where} (top level)", data, SUITE_KEYS)
+    for required in ("task", "base", "variants"):
+        if required not in data:
+            raise LeanError(f"{where} has no '{required}' key: add it (see docs/bench.md)")
+    measure = _build(MeasureConfig, _check_keys(f"{where} measure", data.get("measure"),
+                                                {f.name for f in dataclasses.fields(MeasureConfig)}), f"{where} measure")
+    teacher = data.get("teacher", [])
+    teacher = teacher if isinstance(teacher, str) else parse_steps(teacher, f"{where} teacher")
+    raw_variants = data["variants"]
+    if not isinstance(raw_variants, dict) or not raw_variants:
+        raise LeanError(f"{where} variants must be a non-empty mapping of name -> variant")
+    variants = {}
+    for name, spec in raw_variants.items():
+        variants[str(name)] = parse_variant(str(name), spec, measure, f"{where} variant '{name}'")
+    baseline = str(data.get("baseline") or next(iter(variants)))
+    if baseline not in variants:
+        raise LeanError(f"{where} baseline '{baseline}' is not one of its variants: {', '.join(variants)}")
+    suite = Suite(name=str(data.get("name") or (Path(file).stem if file else "suite")), task=str(data["task"]),
+                  base=str(data["base"]), teacher=teacher, baseline=baseline, measure=measure, variants=variants,
+                  text_column=data.get("text_column"), label_column=data.get("label_column"),
+                  split_seed=int(data.get("split_seed", 42)), file=file)
+    if check_steps:
+        check_step_options(suite)
+    return suite
+
+
+def parse_variant(name: str, spec: Any, measure: MeasureConfig, where: str) -> Variant:
+    spec = _check_keys(where, spec, VARIANT_KEYS)
+    kind = spec.get("kind", "model")
+    if kind not in VARIANT_KINDS:
+        raise LeanError(f"{where}: unknown kind '{kind}'; known kinds: {', '.join(VARIANT_KINDS)}")
+    if "path" in spec and "from" in spec:
+        raise LeanError(f"{where}: give 'path' (an existing directory) or 'from', not both")
+    start = str(spec.get("path") or spec.get("from") or "teacher")
+    if "from" in spec and start not in STARTS:
+        raise LeanError(f"{where}: 'from' must be one of {', '.join(STARTS)} (use 'path' for a directory), got '{start}'")
+    load = _build(LoadOptions, _check_keys(f"{where} load", spec.get("load"),
+                                           {f.name for f in dataclasses.fields(LoadOptions)}), f"{where} load")
+    requires = spec.get("requires") or []
+    if isinstance(requires, str):
+        requires = [requires]
+    if not isinstance(requires, list) or not all(isinstance(r, str) for r in requires):
+        raise LeanError(f"{where}: requires must be a list of names (cuda, or packages such as triton)")
+    if kind != "model" and (spec.get("steps") or "path" in spec):
+        raise LeanError(f"{where}: a '{kind}' variant takes no steps or path (it is trained from the task itself)")
+    return Variant(name=name, kind=kind, start=start, steps=parse_steps(spec.get("steps"), f"{where} steps"),
+                   load=load, requires=list(requires), measure=measure.replace(spec.get("measure") or {}, f"{where} measure"),
+                   description=str(spec.get("description", "")))
+
+
+# ---- step configs --------------------------------------------------------------------------
+
+TASK_FIELDS = ("task", "text_column", "label_column", "split_seed")
+
+
+def step_options(suite: Suite, step: Step) -> dict[str, Any]:
+    """The step's options with the suite's task filled in where the step takes one and the suite left it out."""
+    from lean.steps import STEPS, _resolve
+
+    factory = _resolve(STEPS[step.name][1])
+    if dataclasses.is_dataclass(factory):
+        accepted = {f.name for f in dataclasses.fields(factory) if f.init}
+    else:
+        params = inspect.signature(factory).parameters
+        accepted = set() if any(p.kind == p.VAR_KEYWORD for p in params.values()) else set(params)
+    options = dict(step.options)
+    suite_task = {"task": suite.task, "text_column": suite.text_column, "label_column": suite.label_column,
+                  "split_seed": suite.split_seed}
+    for key in TASK_FIELDS:
+        if key in accepted and key not in options and suite_task[key] is not None:
+            options[key] = suite_task[key]
+    return options
+
+
+def build_step_config(suite: Suite, step: Step, where: str):
+    """The step's config object (lean.steps.step_config), with the suite task filled in."""
+    from lean.steps import step_config
+
+    try:
+        return step_config(step.name, step_options(suite, step))
+    except LeanError as e:
+        raise LeanError(f"{where}: {e}") from None
+    except TypeError as e:
+        raise LeanError(f"{where}: step '{step.name}': {e}") from None
+
+
+def check_step_options(suite: Suite) -> None:
+    """Check every step's options up front where its module is installed; a step whose module is missing
+    is left to fail as its own row."""
+    chains = [("teacher", suite.teacher if isinstance(suite.teacher, list) else [])]
+    chains += [(f"variant '{n}'", v.steps) for n, v in suite.variants.items()]
+    for where, steps in chains:
+        for i, step in enumerate(steps):
+            try:
+                build_step_config(suite, step, f"suite '{suite.file or suite.name}' {where} step {i + 1} ({step.name})")
+            except (ImportError, AttributeError):
+                continue
+
+
+def load_suite(path: str | Path | None = None) -> Suite:
+    """Read and validate a suite file (None: the built-in default suite)."""
+    import yaml
+
+    path = Path(path).expanduser() if path is not None else DEFAULT_SUITE
+    if not path.is_file():
+        raise LeanError(f"suite file '{path}' does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        raise LeanError(f"suite '{path}' is not valid YAML{at}: {getattr(e, 'problem', None) or type(e).__name__}") from None
+    return parse_suite(data, str(path))
+
+
+def directories_suite(dirs: list[str], task: str | None = None, name: str = "dirs", measure: MeasureConfig | None = None) -> Suite:
+    """A suite that measures existing directories against each other (the first is the baseline)."""
+    from lean.models import read_manifest
+
+    if not dirs:
+        raise LeanError("pass at least one model directory")
+    for d in dirs:
+        if not Path(d).is_dir():
+            raise LeanError(f"'{d}' is not a directory: pass model directories (or one suite .yaml file)")
+    split_seed, text_column, label_column = 42, None, None
+    if task is None:
+        recorded = read_manifest(dirs[0]).get("task") or {}
+        task = recorded.get("spec") or recorded.get("name")
+        if not task:
+            raise LeanError(f"'{dirs[0]}' records no task in lean.json: pass --task")
+        split_seed = int(recorded.get("split_seed") or 42)
+        text_column, label_column = recorded.get("text_column"), recorded.get("label_column")
+    measure = measure or MeasureConfig()
+    variants: dict[str, Variant] = {}
+    for d in dirs:
+        base = Path(d).resolve().name or "model"
+        label, n = base, 2
+        while label in variants:
+            label, n = f"{base}-{n}", n + 1
+        variants[label] = Variant(name=label, start=str(d), measure=measure)
+    return Suite(name=name, task=task, base=str(dirs[0]), teacher=str(dirs[0]), baseline=next(iter(variants)),
+                 measure=measure, variants=variants, text_column=text_column, label_column=label_column,
+                 split_seed=split_seed)
