@@ -22,9 +22,12 @@ On disk: bitsandbytes methods save with `save_pretrained` (quantization_config i
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import sys
 import types
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
@@ -325,12 +328,21 @@ def _dynamic_int8(layer, config: DynamicInt8Config, device: str):
         linear.bias = torch.nn.Parameter(bias.float().cpu(), requires_grad=False)
     # Weight scales come from the weight's own min/max: the result is deterministic.
     linear.qconfig = per_channel_dynamic_qconfig if config.per_channel else default_dynamic_qconfig
-    q = nnqd.Linear.from_float(linear)
+    with _quiet_torch_ao():
+        q = nnqd.Linear.from_float(linear)
     q.source_cls = type(layer)
     return q
 
 
 # ---- quantize_: the in-place verb -------------------------------------------------------------
+
+@contextlib.contextmanager
+def _quiet_torch_ao():
+    """torch 2.13 warns that quantized tensors are deprecated (torchao is the successor); docs/quantize.md says so once."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor, torch\.quantize_per_channel")
+        yield
+
 
 def model_device(model) -> str:
     try:
@@ -361,7 +373,7 @@ def install_layers(model, config: QuantConfig, layers: dict[str, Any], skipped: 
         "skipped": list(skipped),
         "conv1d": [n for n, q in layers.items() if getattr(q, "source_cls", None) is _conv1d_type()],
     }
-    if config.method.startswith("bnb-"):
+    if config.method.startswith("bnb-") and hasattr(model, "config"):  # a transformers model: make save_pretrained work
         _attach_bnb_quantizer(model, config, skipped)
     return model
 
@@ -373,7 +385,7 @@ def quantize_(model, config: QuantConfig, device: str | None = None):
     """
     if not isinstance(config, QuantConfig):
         raise LeanError(f"quantize_ takes a method config ({', '.join(c.__name__ for c in METHODS.values())}), got {type(config).__name__}")
-    if getattr(model, "lean_quantization", None) or getattr(model.config, "quantization_config", None) is not None:
+    if getattr(model, "lean_quantization", None) or getattr(getattr(model, "config", None), "quantization_config", None) is not None:
         raise LeanError("this model is already quantized: quantize its full-precision version instead")
     device = device or model_device(model)
     check_device(config, device)
@@ -588,6 +600,7 @@ def load_quantized(path: str | Path, device: str = "cpu"):
         raise LeanError(f"'{path}' is quantized with '{method}', which lean.quantize does not load")
     check_device(METHODS[method](), device)
     device = resolve_device(device)
+    _silence_int8_cast_notice()
     config = load_config(str(path))
     if method == "dynamic-int8":
         model = _load_dynamic(path, config)
@@ -636,12 +649,13 @@ def _load_dynamic(path, config):
         weight = tensors.pop(f"{name}.weight")
         scale, zero_point = tensors.pop(f"{name}.weight_scale"), tensors.pop(f"{name}.weight_zero_point")
         bias = tensors.pop(f"{name}.bias", None)
-        if scale.numel() == weight.shape[0] and info["config"].get("per_channel", True):
-            qweight = torch._make_per_channel_quantized_tensor(weight, scale.double(), zero_point.long(), 0)
-        else:
-            qweight = torch._make_per_tensor_quantized_tensor(weight, float(scale[0]), int(zero_point[0]))
-        layers[name] = nnqd.Linear(weight.shape[1], weight.shape[0], bias_=bias is not None, dtype=torch.qint8)
-        layers[name].set_weight_bias(qweight, bias)
+        with _quiet_torch_ao():
+            if scale.numel() == weight.shape[0] and info["config"].get("per_channel", True):
+                qweight = torch._make_per_channel_quantized_tensor(weight, scale.double(), zero_point.long(), 0)
+            else:
+                qweight = torch._make_per_tensor_quantized_tensor(weight, float(scale[0]), int(zero_point[0]))
+            layers[name] = nnqd.Linear(weight.shape[1], weight.shape[0], bias_=bias is not None, dtype=torch.qint8)
+            layers[name].set_weight_bias(qweight, bias)
     for name, target in info.get("tied", {}).items():
         tensors[name] = tensors[target]
     # Full-precision tensors go into the fp32 skeleton first; the quantized layers then replace theirs.
@@ -693,6 +707,24 @@ def model_kind(config) -> str:
 
 def run(source: str, config: QuantizeStepConfig, out: Path) -> dict[str, Any]:
     """The step: load fp32, measure each layer's SQNR on calibration texts, quantize, evaluate, save."""
+    _silence_int8_cast_notice()
+    return _run(source, config, out)
+
+
+class _DropInt8CastNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("MatMul8bitLt: inputs will be cast")
+
+
+def _silence_int8_cast_notice() -> None:
+    """bitsandbytes logs on every int8 forward that fp32 inputs are cast to fp16; that cast is LLM.int8() itself
+    (documented in docs/quantize.md), so lean drops that one message and nothing else."""
+    logger = logging.getLogger("bitsandbytes.autograd._functions")
+    if not any(isinstance(f, _DropInt8CastNotice) for f in logger.filters):
+        logger.addFilter(_DropInt8CastNotice())
+
+
+def _run(source: str, config: QuantizeStepConfig, out: Path) -> dict[str, Any]:
     import torch
 
     from lean.data import load_task
@@ -713,18 +745,17 @@ def run(source: str, config: QuantizeStepConfig, out: Path) -> dict[str, Any]:
     task_spec = config.task or parent_task.get("spec") or "bbc-news"
     split_seed = config.split_seed if config.split_seed is not None else parent_task.get("split_seed", 42)
     max_length = config.max_length or parent_config.get("max_length") or 128
-    task = load_task(task_spec, config.text_column or parent_task.get("text_column"),
-                     config.label_column or parent_task.get("label_column"), split_seed)
-
     tokenizer = load_tokenizer(resolved, config.trust_remote_code)
     model = load_model(resolved, kind, config.trust_remote_code).eval().to(device)
     if kind == "lm":
         max_length = min(max_length, getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", max_length))
     if config.quantization.method == "dynamic-int8":
         _check_dynamic_engine()
-    quantized, skipped = plan_layers(model, qconfig)
+    quantized, skipped = plan_layers(model, qconfig)  # a --skip that names nothing fails here, before any data is read
     if not quantized:
         raise LeanError("no linear layer is left to quantize: --skip covers them all")
+    task = load_task(task_spec, config.text_column or parent_task.get("text_column"),
+                     config.label_column or parent_task.get("label_column"), split_seed)
     size_before = weight_bytes(model)
 
     calibration = _calibration_batches(tokenizer, task.train.texts[:config.calibration_samples], max_length, device, model)
