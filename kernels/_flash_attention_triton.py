@@ -30,6 +30,14 @@ BUILT_FOR_INTERPRETER = bool(knobs.runtime.interpret)
 # copies instead (the roundings the kernel applies before each dot have already happened).
 UPCAST_DOT_OPERANDS = tl.constexpr(BUILT_FOR_INTERPRETER)
 
+# The kernels use only language builtins and this module's own jitted helpers, never
+# triton.language.standard's jitted functions (tl.max, tl.sum, tl.zeros, tl.cdiv): those are
+# compiled or interpreted according to TRITON_INTERPRET when triton itself was imported, which may
+# precede the flag (transformers imports triton). Reductions go through tl.reduce with the
+# standard combine functions, which the interpreter recognises and runs as numpy reductions.
+_MAX = tl.standard._elementwise_max
+_SUM = tl.standard._sum_combine
+
 
 def _fwd_configs():
     if BUILT_FOR_INTERPRETER:
@@ -104,7 +112,7 @@ def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, kpm_base, stride_kn, stride_vn,
             qk = tl.where(kpm[None, :] != 0, qk, float("-inf"))
         # Running max in scaled log2 units; the scale is applied to the row max, then folded into
         # one multiply-add per score (qk_scale > 0 so max and scale commute).
-        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+        m_new = tl.maximum(m_i, tl.reduce(qk, 1, _MAX) * qk_scale)
         if MASKED or HAS_KPM:
             # A row with no visible key so far keeps m = -inf; subtract 0 instead so that
             # exp2(-inf - -inf) never makes a NaN.
@@ -113,7 +121,7 @@ def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, kpm_base, stride_kn, stride_vn,
             m_sub = m_new
         p = tl.math.exp2(qk * qk_scale - m_sub[:, None])
         alpha = tl.math.exp2(m_i - m_sub)
-        l_i = l_i * alpha + tl.sum(p, 1)
+        l_i = l_i * alpha + tl.reduce(p, 1, _SUM)
         v = tl.load(v_base + cols[:, None] * stride_vn + offs_d[None, :], mask=in_range[:, None], other=0.0)
         acc = acc * alpha[:, None]
         acc = _dot(p.to(v.dtype), v, acc, DOT_PRECISION)
@@ -151,8 +159,8 @@ def _attn_fwd(Q, K, V, KPM, Out, LSE,
 
     q = tl.load(q_base + offs_m[:, None] * stride_qm + offs_d[None, :], mask=row_ok[:, None], other=0.0)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    l_i = tl.full([BLOCK_M], 0.0, tl.float32)
+    acc = tl.full([BLOCK_M, HEAD_DIM], 0.0, tl.float32)
 
     full_end = (N_CTX_K // BLOCK_N) * BLOCK_N  # keys below this need no bounds mask
     if CAUSAL:
@@ -199,7 +207,7 @@ def _attn_bwd_preprocess(Out, DO, Delta,
                 mask=row_ok[:, None], other=0.0).to(tl.float32)
     do = tl.load(DO + off_z * stride_doz + off_h * stride_doh + offs_m[:, None] * stride_dom + offs_d[None, :],
                  mask=row_ok[:, None], other=0.0).to(tl.float32)
-    tl.store(Delta + off_hz.to(tl.int64) * N_CTX_Q + offs_m, tl.sum(o * do, axis=1), mask=row_ok)
+    tl.store(Delta + off_hz.to(tl.int64) * N_CTX_Q + offs_m, tl.reduce(o * do, 1, _SUM), mask=row_ok)
 
 
 @triton.jit
@@ -255,14 +263,14 @@ def _attn_bwd_dkdv(Q, K, V, DO, LSE, Delta, KPM, DK, DV,
                 mask=col_ok[:, None], other=0.0)
     v = tl.load(V + off_z * stride_vz + off_hkv * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :],
                 mask=col_ok[:, None], other=0.0)
-    dk = tl.zeros([BLOCK_N1, HEAD_DIM], dtype=tl.float32)
-    dv = tl.zeros([BLOCK_N1, HEAD_DIM], dtype=tl.float32)
+    dk = tl.full([BLOCK_N1, HEAD_DIM], 0.0, tl.float32)
+    dv = tl.full([BLOCK_N1, HEAD_DIM], 0.0, tl.float32)
 
     if CAUSAL:
         # Query i sees key j iff i >= j - causal_offset. Rows from q_lo may see part of this key
         # block (masked stage); rows from q_full see all of it (no mask needed).
         q_lo = (tl.maximum(start_n - causal_offset, 0) // BLOCK_M1) * BLOCK_M1
-        q_full = tl.cdiv(tl.maximum(start_n + BLOCK_N1 - 1 - causal_offset, 0), BLOCK_M1) * BLOCK_M1
+        q_full = (tl.maximum(start_n + BLOCK_N1 - 1 - causal_offset, 0) + BLOCK_M1 - 1) // BLOCK_M1 * BLOCK_M1
         q_full = tl.maximum(q_full, q_lo)
     else:
         q_lo = 0
@@ -356,7 +364,7 @@ def _attn_bwd_dq(Q, K, V, DO, LSE, Delta, KPM, DQ,
     k_base = K + off_z * stride_kz + off_hkv * stride_kh
     v_base = V + off_z * stride_vz + off_hkv * stride_vh
     kpm_base = KPM + off_z * stride_kpmz
-    dq = tl.zeros([BLOCK_M2, HEAD_DIM], dtype=tl.float32)
+    dq = tl.full([BLOCK_M2, HEAD_DIM], 0.0, tl.float32)
 
     if CAUSAL:
         diag_lo = (tl.maximum(start_m + causal_offset + 1, 0) // BLOCK_N2) * BLOCK_N2

@@ -7,6 +7,8 @@ cases run compiled, plus the full-size cases.
 
 import importlib
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -172,6 +174,30 @@ def test_rebuilds_kernels_when_interpreter_flag_changes(monkeypatch):
     out = flash_attention(q, q, q)
     assert fa_module._kernels().BUILT_FOR_INTERPRETER is True
     assert relative_error(out, attention_reference(q.double(), q.double(), q.double())) < 1e-5
+
+
+def test_flag_set_after_triton_was_imported(tmp_path):
+    # transformers imports triton, so in a test session triton may be loaded before any module sets
+    # TRITON_INTERPRET; the kernels must still run interpreted (forward and backward).
+    if torch.cuda.is_available():
+        pytest.skip("the interpreter is only used without CUDA")
+    script = """
+import os, torch, triton
+import triton.language
+os.environ["TRITON_INTERPRET"] = "1"
+from lean.kernels import attention_reference, flash_attention
+q = torch.randn(1, 2, 9, 32, dtype=torch.float64).float().requires_grad_()
+out = flash_attention(q, q, q, causal=True)
+out.sum().backward()
+ref = attention_reference(q.detach().double(), q.detach().double(), q.detach().double(), causal=True)
+print(((out.double() - ref).norm() / ref.norm()).item(), bool(torch.isfinite(q.grad).all()))
+"""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    err, grads_finite = result.stdout.split()
+    assert float(err) < 1e-5 and grads_finite == "True"
 
 
 def test_cpu_without_interpreter_raises(monkeypatch):
