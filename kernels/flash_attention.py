@@ -7,6 +7,7 @@ Runs on CUDA, or on the CPU under TRITON_INTERPRET=1 (slow; for tests). The kern
 are in `_flash_attention_triton.py`; `python benchmarks/bench_attention.py` measures them.
 """
 
+import contextlib
 import importlib
 import math
 import os
@@ -208,10 +209,16 @@ def _backward(q, k, v, o, lse, kpm, do, causal, sm_scale):
 
 
 
+def _on_device_of(t):
+    # Triton launches on the current CUDA device; make it the tensors' one (cuda:1, ...).
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
 class _FlashAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, kpm, causal, sm_scale):
-        o, lse = _forward(q, k, v, kpm, causal, sm_scale)
+        with _on_device_of(q):
+            o, lse = _forward(q, k, v, kpm, causal, sm_scale)
         ctx.save_for_backward(q, k, v, o, lse, kpm)
         ctx.causal = causal
         ctx.sm_scale = sm_scale
@@ -220,7 +227,8 @@ class _FlashAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, do):
         q, k, v, o, lse, kpm = ctx.saved_tensors
-        dq, dk, dv = _backward(q, k, v, o, lse, kpm, do, ctx.causal, ctx.sm_scale)
+        with _on_device_of(q):
+            dq, dk, dv = _backward(q, k, v, o, lse, kpm, do, ctx.causal, ctx.sm_scale)
         return dq, dk, dv, None, None, None
 
 
