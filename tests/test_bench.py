@@ -1,0 +1,368 @@
+"""Tests for lean bench: the suite schema, the variant registry, caching, failure rows, reports.
+
+    python -m pytest tests/test_bench.py -x -q
+
+One tiny suite (a 4-layer 32-wide random BERT, 100 BBC articles, one batch size x one length,
+two repeats, one thread) runs once per session; the other tests read its results. Fake steps
+(a `copy` step that counts its builds, a `boom` step that raises) are registered from a module
+written to a temp dir, so the build subprocesses can import them too.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lean.bench.suite import DEFAULT_SUITE, load_suite, parse_suite
+from lean.errors import LeanError
+
+FAKE_STEPS = '''
+"""Fake steps for tests/test_bench.py."""
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class CopyConfig:
+    counter: str = ""
+    tag: str = "a"
+
+
+def copy_run(source, config, out):
+    for f in Path(source).iterdir():
+        if f.is_file() and f.name != "lean.json":
+            shutil.copy(f, Path(out) / f.name)
+    with open(config.counter, "a") as fh:
+        fh.write(config.tag + "\\n")
+    return {}
+
+
+@dataclass
+class BoomConfig:
+    message: str = "the boom step always raises"
+
+
+def boom_run(source, config, out):
+    raise RuntimeError(config.message)
+'''
+
+
+def _tiny_suite(base: Path, task: Path, counter: Path, **extra_variants) -> dict:
+    variants = {
+        "fp32": {"load": {"attention": "eager"}},
+        "copied": {"steps": [{"copy": {"counter": str(counter)}}]},
+        "boom": {"steps": [{"boom": {}}]},
+        "slow": {"measure": {"timeout_s": 0.5}},
+        "needs-gpu": {"load": {"dtype": "float16"}, "requires": ["cuda", "no_such_package_xyz"]},
+        "tfidf-logreg": {"kind": "tfidf-logreg"},
+    }
+    variants.update(extra_variants)
+    return {"name": "tiny", "task": str(task), "base": str(base), "teacher": [], "baseline": "fp32",
+            "measure": {"batch_sizes": [2], "seq_lengths": [64], "warmup": 1, "repeats": 2, "threads": 1,
+                        "timeout_s": 300},
+            "variants": variants}
+
+
+@pytest.fixture(scope="module")
+def fake_steps(tmp_path_factory):
+    from lean.steps import STEPS
+
+    folder = tmp_path_factory.mktemp("fake_steps")
+    (folder / "bench_fake_steps.py").write_text(FAKE_STEPS)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.syspath_prepend(str(folder))
+        import os
+
+        mp.setenv("PYTHONPATH", os.pathsep.join([str(folder), os.environ.get("PYTHONPATH", "")]))
+        mp.setitem(STEPS, "copy", ("bench_fake_steps:copy_run", "bench_fake_steps:CopyConfig"))
+        mp.setitem(STEPS, "boom", ("bench_fake_steps:boom_run", "bench_fake_steps:BoomConfig"))
+        yield folder
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tiny_bert_dir, bbc_csv, fake_steps):
+    """One run of the tiny suite: (results, output dir, runs dir, counter file, suite dict)."""
+    from lean.bench.runner import BenchOptions, run_bench
+
+    root = tmp_path_factory.mktemp("bench")
+    counter = root / "copy-builds.txt"
+    data = _tiny_suite(tiny_bert_dir, bbc_csv, counter)
+    suite = parse_suite(data, "tiny.yaml")
+    results = run_bench(suite, BenchOptions(output=root / "run1", runs_dir=root / "cache", quiet=True))
+    return results, root / "run1", root / "cache", counter, data
+
+
+def _row(results, name):
+    return next(r for r in results["variants"] if r["name"] == name)
+
+
+# ---- schema ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mutate, key", [
+    (lambda d: d.update(variantz={}), "variantz"),
+    (lambda d: d["measure"].update(repeatz=3), "repeatz"),
+    (lambda d: d["variants"]["fp32"].update(stepz=[]), "stepz"),
+    (lambda d: d["variants"]["fp32"]["load"].update(attn="sdpa"), "attn"),
+    (lambda d: d["variants"]["slow"]["measure"].update(timeout=1), "timeout"),
+    (lambda d: d["variants"].update(x={"steps": [{"finetune": {"epoch": 1}}]}), "epoch"),
+    (lambda d: d["variants"].update(x={"steps": [{"quantise": {}}]}), "quantise"),
+])
+def test_unknown_keys_are_one_line_errors_naming_the_key(mutate, key, tmp_path):
+    data = _tiny_suite(Path("base"), Path("task.csv"), tmp_path / "c")
+    data["variants"] = {k: v for k, v in data["variants"].items() if k not in ("copied", "boom")}
+    mutate(data)
+    with pytest.raises(LeanError) as info:
+        parse_suite(data, "s.yaml")
+    message = str(info.value)
+    assert re.search(rf"\b{re.escape(key)}\b", message) and "\n" not in message
+
+
+@pytest.mark.parametrize("mutate, words", [
+    (lambda d: d.update(baseline="nope"), "baseline 'nope'"),
+    (lambda d: d["variants"]["fp32"]["load"].update(dtype="int3"), "load.dtype"),
+    (lambda d: d["variants"]["fp32"].update(kind="svm"), "unknown kind 'svm'"),
+    (lambda d: d["measure"].update(batch_sizes=[0]), "batch_sizes"),
+    (lambda d: d["variants"]["fp32"].update({"from": "elsewhere"}), "'from' must be"),
+    (lambda d: d.pop("task"), "no 'task'"),
+])
+def test_bad_values_are_one_line_errors(mutate, words, tmp_path):
+    data = _tiny_suite(Path("base"), Path("task.csv"), tmp_path / "c")
+    data["variants"] = {k: v for k, v in data["variants"].items() if k not in ("copied", "boom")}
+    mutate(data)
+    with pytest.raises(LeanError, match=words.replace("(", r"\(")):
+        parse_suite(data, "s.yaml")
+
+
+def test_bad_yaml_and_missing_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nvariants: [unclosed\n")
+    with pytest.raises(LeanError, match="not valid YAML at line"):
+        load_suite(bad)
+    with pytest.raises(LeanError, match="does not exist"):
+        load_suite(tmp_path / "none.yaml")
+
+
+def test_default_suite_lists_every_variant_and_ships_in_the_package():
+    repo_copy = Path(__file__).resolve().parent.parent / "benchmarks" / "suites" / "default.yaml"
+    assert repo_copy.resolve() == DEFAULT_SUITE.resolve()  # one file, reachable from an installed package too
+    suite = load_suite()
+    expected = {"fp32", "sdpa", "bf16", "fp16", "tfidf-logreg", "int8-dynamic", "int8-bnb", "nf4-bnb", "fp4-bnb",
+                "student-l3", "student-l2", "student-l3+", "onnx-fp32", "onnx-O2", "onnx-int8-dynamic",
+                "onnx-int8-static", "onnx-fp16", "lean-attention", "student-l3+onnx-int8"}
+    assert expected <= set(suite.variants)
+    assert suite.baseline == "fp32" and suite.base == "minilm-l6" and suite.task == "bbc-news"
+    assert {"cuda"} <= set(suite.variants["fp16"].requires) and {"cuda"} <= set(suite.variants["lean-attention"].requires)
+    # the student shared by student-l3 and student-l3+onnx-int8 is one chain prefix, so one build
+    assert suite.variants["student-l3"].steps[0] == suite.variants["student-l3+onnx-int8"].steps[0]
+
+
+def test_gpu_suite_parses():
+    suite = load_suite(Path(__file__).resolve().parent.parent / "benchmarks" / "suites" / "gpu.yaml")
+    assert {"fp16", "bf16", "lean-attention", "onnx-fp16"} <= set(suite.variants)
+
+
+# ---- registry ----------------------------------------------------------------------------------------
+
+def test_step_options_fill_the_suite_task_only_where_the_step_takes_one(tmp_path, fake_steps):
+    from lean.bench.suite import Step, step_options
+
+    suite = parse_suite(_tiny_suite(Path("b"), Path("t.csv"), tmp_path / "c"), check_steps=False)
+    finetune = step_options(suite, Step("finetune", {"epochs": 1}))
+    assert finetune["task"] == "t.csv" and finetune["split_seed"] == 42 and finetune["epochs"] == 1
+    assert step_options(suite, Step("finetune", {"task": "bbc-news"}))["task"] == "bbc-news"  # the user's choice wins
+    assert "task" not in step_options(suite, Step("copy", {}))  # CopyConfig has no task field
+
+
+def test_variant_selection_requirements_and_directories_suite(tmp_path, tiny_bert_dir):
+    from lean.bench.runner import missing_requirement, select_variants
+    from lean.bench.suite import directories_suite
+
+    suite = parse_suite(_tiny_suite(Path("b"), Path("t.csv"), tmp_path / "c"), check_steps=False)
+    assert select_variants(suite, ["tfidf-logreg"]) == ["fp32", "tfidf-logreg"]  # the baseline always runs first
+    with pytest.raises(LeanError, match="unknown variant 'nope'"):
+        select_variants(suite, ["nope"])
+    assert "no_such_package_xyz" in missing_requirement(suite.variants["needs-gpu"], "cuda")
+    assert "CUDA" in missing_requirement(suite.variants["needs-gpu"], "cpu")
+    assert missing_requirement(suite.variants["fp32"], "cpu") is None
+
+    dirs = directories_suite([str(tiny_bert_dir), str(tiny_bert_dir)])
+    assert list(dirs.variants) == ["tiny-bert", "tiny-bert-2"] and dirs.task == "bbc-news"  # task from lean.json
+    with pytest.raises(LeanError, match="pass --task"):
+        directories_suite([str(tmp_path)])
+
+
+# ---- measuring helpers ----------------------------------------------------------------------------------
+
+def test_latency_texts_are_real_texts_long_enough_for_the_length():
+    from lean.bench.measure import latency_texts
+
+    texts = ["short", "long one", "tiny", "long two"]
+    batches, info = latency_texts(texts, [10, 300, 50, 400], batch_size=3, seq_length=256, n_batches=2)
+    assert batches == [["long one", "long two", "long one"], ["long two", "long one", "long two"]]
+    assert info["pool"] == 2 and info["how"].startswith("truncated")
+    _, info = latency_texts(texts, [10, 20, 30, 40], batch_size=2, seq_length=256, n_batches=1)
+    assert info["how"].startswith("padded")
+
+
+def test_percentiles_and_pareto_front_against_hand_values():
+    from lean.bench.measure import classify_error, percentiles
+    from lean.bench.report import pareto_front
+
+    p = percentiles([0.001 * i for i in range(1, 101)])  # 1..100 ms
+    assert p["median_ms"] == pytest.approx(50.5) and p["p90_ms"] == pytest.approx(90.1) and p["count"] == 100
+    points = [("a", 10.0, 0.90), ("b", 5.0, 0.80), ("c", 20.0, 0.85), ("d", 30.0, 0.95)]
+    assert [p[0] for p in pareto_front(points)] == ["b", "a", "d"]  # c is beaten by a on both
+    assert classify_error(MemoryError()) == "oom" and classify_error(ValueError("x")) == "failed"
+
+
+# ---- a whole run --------------------------------------------------------------------------------------
+
+def test_measured_rows_match_references(tiny_run, tiny_bert_dir, bbc_csv):
+    import torch
+
+    from lean.bench.classical import fit_tfidf_logreg
+    from lean.data import load_task
+    from lean.metrics import classification_metrics, predict_logits
+    from lean.models import load_model, load_tokenizer
+
+    results, *_ = tiny_run
+    fp32 = _row(results, "fp32")
+    assert fp32["status"] == "ok", fp32["error"]
+    task = load_task(str(bbc_csv))
+    model, tok = load_model(str(tiny_bert_dir)), load_tokenizer(str(tiny_bert_dir))
+    torch.set_num_threads(1)
+    reference = classification_metrics(task.test.labels, predict_logits(model, tok, task.test.texts, 512).argmax(-1).tolist(),
+                                       task.label_names)
+    assert fp32["quality"]["accuracy"] == reference["accuracy"] and fp32["quality"]["n"] == len(task.test)
+    assert _row(results, "copied")["quality"]["accuracy"] == fp32["quality"]["accuracy"]  # same weights, same answer
+
+    classical = fit_tfidf_logreg(task.train.texts, task.train.labels)
+    expected = classification_metrics(task.test.labels, classical.predict(task.test.texts).tolist(), task.label_names)
+    assert _row(results, "tfidf-logreg")["quality"]["accuracy"] == expected["accuracy"]
+
+    assert fp32["size"]["params"] == sum(p.numel() for p in model.parameters())
+    assert fp32["size"]["weights_bytes"] == (Path(tiny_bert_dir) / "model.safetensors").stat().st_size
+    cell, = fp32["latency"]
+    assert (cell["batch_size"], cell["seq_length"], cell["count"]) == (2, 64, 2)
+    assert 0 < cell["median_ms"] <= cell["p90_ms"] <= cell["p99_ms"] and cell["speedup"] == 1.0
+    assert cell["inputs"]["how"].startswith("truncated") and cell["inputs"]["pool"] > 0
+    memory = fp32["memory"]
+    assert 0 < memory["bare_rss_mb"] < memory["peak_rss_mb"] and fp32["threads"] == 1
+    assert _row(results, "copied")["vs_baseline"]["memory_ratio"] > 0
+
+
+def test_failures_are_rows_and_the_run_goes_on(tiny_run):
+    results, *_ = tiny_run
+    statuses = {r["name"]: r["status"] for r in results["variants"]}
+    assert statuses == {"fp32": "ok", "copied": "ok", "boom": "failed", "slow": "timeout", "needs-gpu": "skipped",
+                        "tfidf-logreg": "ok"}
+    boom = _row(results, "boom")
+    assert boom["phase"] == "build" and "the boom step always raises" in boom["error"]
+    assert "0.5 s" in _row(results, "slow")["error"]
+    assert _row(results, "needs-gpu")["error"].startswith("needs")
+
+
+def test_report_files(tiny_run):
+    import csv
+
+    import matplotlib.image
+
+    results, out, *_ = tiny_run
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk["schema_version"] == 1 and on_disk["run"]["threads"] == 1
+    assert on_disk["environment"]["cpu"] and "torch" in on_disk["environment"]["versions"]
+    assert [r["name"] for r in on_disk["variants"]] == ["fp32", "copied", "boom", "slow", "needs-gpu", "tfidf-logreg"]
+    assert on_disk["variants"][1]["config"]["steps"][0]["copy"]["counter"]
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert {r["variant"] for r in rows} == {r["name"] for r in on_disk["variants"]}
+    assert float(next(r for r in rows if r["variant"] == "fp32")["median_ms"]) > 0
+    report = (out / "report.md").read_text()
+    for name in ("fp32", "copied", "tfidf-logreg"):
+        assert f"`{name}`" in report
+    assert "**failed**" in report and "**timeout**" in report and "**skipped**" in report
+    image = matplotlib.image.imread(out / "pareto.png")
+    assert image.shape[0] > 100 and image.shape[1] > 100
+    assert (out / "logs" / "fp32.measure.log").is_file()
+
+
+def test_second_run_reuses_built_steps(tiny_run, monkeypatch, capsys, tmp_path):
+    results, _, cache, counter, data = tiny_run
+    copied = _row(results, "copied")
+    assert copied["chain"][0]["cached"] is False and counter.read_text().splitlines() == ["a"]
+    built = Path(copied["model_dir"])
+    mtime = (built / "lean.json").stat().st_mtime_ns
+
+    second = dict(data, baseline="copied", variants={"copied": data["variants"]["copied"]})
+    suite_file = tmp_path / "again.yaml"
+    suite_file.write_text(yaml.safe_dump(second))
+    code, out, err = _cli(monkeypatch, capsys, "bench", str(suite_file), "-o", str(tmp_path / "run2"),
+                          "--runs-dir", str(cache))
+    assert code == 0, err
+    again = json.loads((tmp_path / "run2" / "results.json").read_text())
+    assert again["run"]["steps_built"] == 0 and again["variants"][0]["chain"][0]["cached"] is True
+    assert counter.read_text().splitlines() == ["a"]  # the copy step did not run again
+    assert (built / "lean.json").stat().st_mtime_ns == mtime
+    assert again["variants"][0]["quality"]["accuracy"] == copied["quality"]["accuracy"]  # exact across runs
+    assert "copied" in out and "results.json" in out  # the table and where the files are
+
+
+def test_ctrl_c_leaves_finished_rows_written(tmp_path, tiny_bert_dir, bbc_csv, monkeypatch):
+    from lean.bench import runner
+
+    real = runner.measure_variant
+    calls = []
+
+    def interrupt_second(suite, variant, *args):
+        calls.append(variant.name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(suite, variant, *args)
+
+    data = _tiny_suite(tiny_bert_dir, bbc_csv, tmp_path / "c")
+    data["baseline"] = "needs-gpu"  # skipped without a subprocess: the finished row is cheap
+    suite = parse_suite({**data, "variants": {k: data["variants"][k] for k in ("needs-gpu", "fp32", "slow")}})
+    monkeypatch.setattr(runner, "measure_variant", interrupt_second)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_bench(suite, runner.BenchOptions(output=tmp_path / "out", runs_dir=tmp_path / "cache", quiet=True))
+    written = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [r["name"] for r in written["variants"]] == ["needs-gpu"]
+    assert written["run"]["interrupted"] is True and written["run"]["not_run"] == ["fp32", "slow"]
+    assert (tmp_path / "out" / "report.md").is_file() and (tmp_path / "out" / "pareto.png").is_file()
+
+
+# ---- CLI ----------------------------------------------------------------------------------------------
+
+def _cli(monkeypatch, capsys, *args):
+    """Run `lean ARGS` through lean.cli.main in this process: (exit code, stdout, stderr)."""
+    from lean import cli
+
+    monkeypatch.setattr(sys, "argv", ["lean", *args])
+    try:
+        cli.main()
+        code = 0
+    except SystemExit as e:
+        code = e.code or 0
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_cli_bad_suite_exits_2_with_one_line(monkeypatch, capsys, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(textwrap.dedent("""
+        task: bbc-news
+        base: minilm-l6
+        variants: {fp32: {laod: {attention: eager}}}
+    """))
+    code, _, err = _cli(monkeypatch, capsys, "bench", str(bad), "-o", str(tmp_path / "o"))
+    assert code == 2 and "unknown key 'laod'" in err and len(err.strip().splitlines()) == 1
+    code, _, err = _cli(monkeypatch, capsys, "bench", str(bad), "x.yaml")
+    assert code == 2 and "not both" in err
+    code, out, _ = _cli(monkeypatch, capsys, "bench", "--list")
+    assert code == 0 and "fp16" in out and "student-l3+onnx-int8" in out
