@@ -98,7 +98,10 @@ def run_step(name: str, source: str, config: Any, out: str | os.PathLike, overwr
     start = time.perf_counter()
     try:
         extra = fn(source, config, tmp) or {}
-        source_path = resolve_model(source) if not Path(source).is_dir() else source
+        if int(os.environ.get("RANK", "0")) != 0:  # under torchrun / accelerate launch only rank 0 writes
+            shutil.rmtree(tmp, ignore_errors=True)
+            return out
+        source_path = source if source.startswith("init:") or Path(source).is_dir() else resolve_model(source)
         manifest = {
             "lean_version": "0.1.0",
             "step": name,
