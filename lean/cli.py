@@ -49,6 +49,7 @@ def finetune(
     early_stopping_patience: Optional[int] = typer.Option(None, help="Stop after this many epochs without a better validation accuracy."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     max_train_samples: Optional[int] = typer.Option(None, help="Train on the first N training examples only."),
+    max_eval_samples: Optional[int] = typer.Option(None, help="Evaluate on the first N validation and test examples only (quick runs; reported metrics then cover a slice)."),
     task_kind: str = typer.Option("auto", help="classification, lm, or auto (lm for bbc-news-lm and .txt corpora)."),
     init_config: Optional[str] = typer.Option(None, help="Train a causal LM from scratch from a small config (llama-tiny, llama-small, llama-base, gpt2-small) with a tokenizer learnt from the train split."),
     vocab_size: int = typer.Option(8192, help="Vocabulary of the tokenizer learnt with --init-config."),
@@ -66,8 +67,8 @@ def finetune(
     config = FinetuneConfig(task=task, text_column=text_column, label_column=label_column, epochs=epochs, lr=lr,
                             batch_size=batch_size, max_length=max_length, seed=seed, split_seed=split_seed, lora=lora,
                             lora_r=lora_r, early_stopping_patience=early_stopping_patience, device=device,
-                            max_train_samples=max_train_samples, trust_remote_code=trust_remote_code,
-                            task_kind=task_kind, init_config=init_config, vocab_size=vocab_size)
+                            max_train_samples=max_train_samples, max_eval_samples=max_eval_samples,
+                            trust_remote_code=trust_remote_code, task_kind=task_kind, init_config=init_config, vocab_size=vocab_size)
     out = run_finetune(model, config, str(output), overwrite=overwrite)
     from lean.models import read_manifest
 

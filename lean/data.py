@@ -7,6 +7,11 @@ A task spec is one of:
     splits keeps them; anything else is split here);
   - a Hub dataset name, for users who are online.
 Splits are deterministic: stratified 70/10/20 from a seed, recorded in every manifest.
+
+Language-modelling tasks (kind "lm") hold texts only: the built-in `bbc-news-lm` (the BBC articles,
+split exactly as `bbc-news`, so no test article is ever trained on), a local `.txt` corpus (documents
+separated by blank lines; one per line if there are none), or any file/dataset above with
+`kind="lm"` (its text column; labels are not needed).
 """
 
 from __future__ import annotations
@@ -19,7 +24,11 @@ from typing import Any
 
 from lean.errors import LeanError
 
-BUILTIN_TASKS = {"bbc-news": "BBC News articles, 5 classes (business, entertainment, politics, sport, tech)"}
+BUILTIN_TASKS = {
+    "bbc-news": "BBC News articles, 5 classes (business, entertainment, politics, sport, tech)",
+    "bbc-news-lm": "the BBC News articles as a language-modelling corpus (same split as bbc-news)",
+}
+TASK_KINDS = ("auto", "classification", "lm")
 SPLIT_FRACTIONS = (0.7, 0.1, 0.2)  # train / validation / test
 DEFAULT_SPLIT_SEED = 42
 
@@ -41,7 +50,7 @@ class Task:
     """A classification task with its three splits and label names."""
 
     name: str
-    kind: str  # "classification"
+    kind: str  # "classification" or "lm" (an lm task has texts only: labels and label_names are empty)
     label_names: list[str]
     train: Split
     validation: Split
@@ -66,13 +75,19 @@ class Task:
 
 
 def load_task(spec: str, text_column: str | None = None, label_column: str | None = None,
-              split_seed: int = DEFAULT_SPLIT_SEED) -> Task:
+              split_seed: int = DEFAULT_SPLIT_SEED, kind: str = "auto") -> Task:
     """Load a task from a spec (see the module docstring), or raise a one-line LeanError."""
+    if kind not in TASK_KINDS:
+        raise LeanError(f"unknown task kind '{kind}': use {', '.join(TASK_KINDS)}")
+    path = Path(spec).expanduser()
+    if kind == "auto":
+        kind = "lm" if spec.endswith("-lm") and spec in BUILTIN_TASKS or path.suffix.lower() == ".txt" else "classification"
+    if kind == "lm":
+        return _lm_task(spec, text_column, split_seed)
     record = {"spec": spec, "text_column": text_column, "label_column": label_column}
     if spec in BUILTIN_TASKS:
         texts, raw_labels = _read_bbc_news()
         return _from_lists(spec, texts, raw_labels, split_seed, record)
-    path = Path(spec).expanduser()
     if path.is_dir():
         return _from_datasets_dir(path, text_column, label_column, split_seed, record)
     if path.suffix.lower() in (".csv", ".jsonl", ".json", ".parquet", ".tsv"):
@@ -248,3 +263,56 @@ def _build(where, splits, split_seed, record, label_names) -> Task:
     built = {k: Split(list(t), [index[str(l)] for l in ls]) for k, (t, ls) in splits.items()}
     return Task(name=where, kind="classification", label_names=list(names), train=built["train"],
                 validation=built["validation"], test=built["test"], split_seed=split_seed, spec=record)
+
+
+# ---- language-modelling corpora -----------------------------------------------------------
+
+def _lm_task(spec: str, text_column: str | None, split_seed: int) -> Task:
+    """Texts only. bbc-news-lm reuses bbc-news's split so the LM never trains on a test article."""
+    record = {"spec": spec, "text_column": text_column}
+    path = Path(spec).expanduser()
+    if spec in ("bbc-news-lm", "bbc-news"):
+        cls = load_task("bbc-news", split_seed=split_seed)
+        splits = {k: Split(getattr(cls, k).texts, []) for k in ("train", "validation", "test")}
+        return Task(name="bbc-news-lm", kind="lm", label_names=[], split_seed=split_seed, spec=record, **splits)
+    if path.suffix.lower() == ".txt":
+        if not path.is_file():
+            raise LeanError(f"corpus file '{spec}' does not exist")
+        raw = path.read_bytes().decode("utf-8", errors="replace")
+        docs = [d.strip() for d in raw.split("\n\n")] if "\n\n" in raw.strip() else raw.splitlines()
+        texts = [d for d in (t.strip() for t in docs) if d]
+    elif path.suffix.lower() in (".csv", ".jsonl", ".json", ".parquet", ".tsv"):
+        if not path.is_file():
+            raise LeanError(f"corpus file '{spec}' does not exist")
+        rows = _read_table(path)
+        column = text_column or "text"
+        if rows and column not in rows[0]:
+            raise LeanError(f"corpus '{spec}' has no text column '{column}'; its columns are: "
+                            f"{', '.join(map(str, rows[0]))} (choose with --text-column)")
+        texts = [str(r[column]) for r in rows if isinstance(r.get(column), str) and r[column].strip()]
+    elif path.is_dir():
+        import datasets
+
+        ds = datasets.load_from_disk(str(path))
+        if isinstance(ds, datasets.DatasetDict):
+            ds = datasets.concatenate_datasets(list(ds.values()))
+        column = text_column or "text"
+        if column not in ds.column_names:
+            raise LeanError(f"corpus '{spec}' has no text column '{column}'; its columns are: {', '.join(ds.column_names)}")
+        texts = [t for t in ds[column] if isinstance(t, str) and t.strip()]
+    else:
+        raise LeanError(f"unknown language-modelling corpus '{spec}': use bbc-news-lm, a .txt or .jsonl file, or a datasets directory")
+    if not texts:
+        raise LeanError(f"corpus '{spec}' has no text: it needs at least one non-empty document")
+    if len(texts) < 3:
+        raise LeanError(f"corpus '{spec}' has {len(texts)} documents: it needs at least 3 to split into train, validation and test")
+    # documents, not tokens, are split, so no document straddles two splits
+    n_test = max(1, round(len(texts) * SPLIT_FRACTIONS[2]))
+    n_val = max(1, round(len(texts) * SPLIT_FRACTIONS[1]))
+    import random
+
+    order = list(range(len(texts)))
+    random.Random(split_seed).shuffle(order)
+    pick = lambda idx: Split([texts[i] for i in idx], [])  # noqa: E731
+    return Task(name=str(spec), kind="lm", label_names=[], split_seed=split_seed, spec=record,
+                train=pick(order[n_test + n_val:]), validation=pick(order[n_test:n_test + n_val]), test=pick(order[:n_test]))

@@ -2,6 +2,10 @@
 
     lean finetune minilm-l6 --task bbc-news -o runs/teacher
 
+    lean finetune --task bbc-news-lm --init-config llama-small -o runs/lm-teacher
+
+The second form trains a causal LM from a named small config, with a tokenizer learnt from the
+train split (see lean/lm.py); a causal LM directory or Hub id as MODEL continues its training.
 Trainer gives multi-GPU for free: `accelerate launch -m lean.cli finetune ...` or `torchrun`.
 With --lora the PEFT adapter is merged before saving, so the directory loads without peft.
 """
@@ -37,6 +41,11 @@ class FinetuneConfig:
     trust_remote_code: bool = False
     max_train_samples: int | None = None  # a slice of the train split, for quick runs and tests
     max_eval_samples: int | None = None
+    task_kind: str = "auto"  # classification, lm, or auto (from the task spec)
+    # causal LMs
+    init_config: str | None = None  # train from scratch from a named small config (lean.lm.INIT_CONFIGS)
+    vocab_size: int = 8192  # of the tokenizer learnt with --init-config
+    perplexity_stride: int | None = None  # sliding-window stride for perplexity; default max_length // 2
 
     def __post_init__(self):
         if self.epochs <= 0:
@@ -51,15 +60,22 @@ class FinetuneConfig:
             raise LeanError(f"--early-stopping-patience must be at least 1, got {self.early_stopping_patience}")
 
 
-def finetune(model: str, config: FinetuneConfig, output: str, overwrite: bool = False) -> Path:
-    """Fine-tune `model` (directory, Hub id or built-in alias) and write the teacher to `output`."""
+def finetune(model: str | None, config: FinetuneConfig, output: str, overwrite: bool = False) -> Path:
+    """Fine-tune `model` (directory, Hub id or built-in alias) and write the teacher to `output`.
+
+    `model` may be None with `config.init_config`: a causal LM is then trained from scratch."""
     from lean.steps import run_step
 
-    return run_step("finetune", model, config, output, overwrite=overwrite)
+    if model is None and not config.init_config:
+        raise LeanError("give a model to fine-tune, or init_config to train a causal LM from scratch")
+    return run_step("finetune", model if model is not None else f"init:{config.init_config}", config, output,
+                    overwrite=overwrite)
 
 
 def run(source: str, config: FinetuneConfig, out: Path) -> dict[str, Any]:
-    """The step: train, evaluate on validation and test, save model + tokenizer into `out`."""
+    """The step: train, evaluate on validation and test, save model + tokenizer into `out`.
+
+    `source` "init:NAME" (with config.init_config) means: no parent model, train from scratch."""
     import torch
     from transformers import EarlyStoppingCallback, Trainer, TrainingArguments, set_seed
 
@@ -69,7 +85,11 @@ def run(source: str, config: FinetuneConfig, out: Path) -> dict[str, Any]:
     from lean.progress import RichProgressCallback
 
     device = resolve_device(config.device)
-    task = load_task(config.task, config.text_column, config.label_column, config.split_seed)
+    task = load_task(config.task, config.text_column, config.label_column, config.split_seed, config.task_kind)
+    if task.kind == "lm":
+        return _run_lm(None if source.startswith("init:") else source, config, out, task, device)
+    if config.init_config:
+        raise LeanError("--init-config trains a causal LM from scratch: use it with a language-modelling task such as bbc-news-lm")
     base_config = load_config(source, config.trust_remote_code)
     tokenizer = load_tokenizer(source, config.trust_remote_code)
     set_seed(config.seed)
@@ -153,12 +173,86 @@ def run(source: str, config: FinetuneConfig, out: Path) -> dict[str, Any]:
     }
 
 
-def _with_lora(model, config: FinetuneConfig):
+def _training_args(config: FinetuneConfig, out: Path, device: str, **extra):
+    import torch
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(out / "_checkpoints"), num_train_epochs=config.epochs, learning_rate=config.lr,
+        per_device_train_batch_size=config.batch_size, per_device_eval_batch_size=max(config.batch_size, 32),
+        weight_decay=config.weight_decay, warmup_ratio=config.warmup_ratio, logging_steps=10, report_to=[],
+        disable_tqdm=True, seed=config.seed, use_cpu=device == "cpu", save_safetensors=True, save_total_limit=1,
+        fp16=device.startswith("cuda") and not torch.cuda.is_bf16_supported(),
+        bf16=device.startswith("cuda") and torch.cuda.is_bf16_supported(), dataloader_num_workers=0, **extra)
+
+
+def _run_lm(source: str | None, config: FinetuneConfig, out: Path, task, device: str) -> dict[str, Any]:
+    """Causal LM training on a text corpus: from a named config (with a new tokenizer) or a given LM."""
+    from transformers import DataCollatorForLanguageModeling, EarlyStoppingCallback, Trainer, set_seed
+    from transformers.trainer_callback import PrinterCallback
+
+    from lean.lm import BlockDataset, model_from_init_config, perplexity, train_tokenizer
+    from lean.models import environment, load_model, load_tokenizer
+    from lean.progress import RichProgressCallback
+
+    set_seed(config.seed)
+    train_texts = task.train.texts[: config.max_train_samples] if config.max_train_samples else task.train.texts
+    if config.init_config:
+        tokenizer = train_tokenizer(train_texts, config.vocab_size)
+        model = model_from_init_config(config.init_config, len(tokenizer), max(config.max_length, 512), tokenizer)
+    else:
+        if source is None:
+            raise LeanError("give a causal LM (directory, Hub id) or --init-config NAME to train one from scratch")
+        tokenizer = load_tokenizer(source, config.trust_remote_code)
+        model = load_model(source, "lm", config.trust_remote_code)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    if config.lora:
+        model = _with_lora(model, config, task_type="CAUSAL_LM")
+    train = BlockDataset(tokenizer, train_texts, config.max_length)
+    val_texts = task.validation.texts[: config.max_eval_samples] if config.max_eval_samples else task.validation.texts
+    validation = BlockDataset(tokenizer, val_texts, config.max_length)
+    callbacks = [RichProgressCallback("finetune (lm)")]
+    if config.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
+    args = _training_args(config, out, device, eval_strategy="epoch",
+                          save_strategy="epoch" if config.early_stopping_patience else "no",
+                          load_best_model_at_end=bool(config.early_stopping_patience), metric_for_best_model="eval_loss",
+                          greater_is_better=False)
+    trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=validation,
+                      data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False), callbacks=callbacks)
+    trainer.remove_callback(PrinterCallback)
+    result = trainer.train()
+    model = trainer.model
+    if config.lora:
+        model = model.merge_and_unload()
+    if not trainer.is_world_process_zero():
+        return {}
+    model.eval()
+    stride = config.perplexity_stride or config.max_length // 2
+    test_texts = task.test.texts[: config.max_eval_samples] if config.max_eval_samples else task.test.texts
+    metrics = {"validation": perplexity(model, tokenizer, val_texts, config.max_length, stride),
+               "test": perplexity(model, tokenizer, test_texts, config.max_length, stride)}
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    import shutil
+
+    shutil.rmtree(out / "_checkpoints", ignore_errors=True)
+    params = sum(p.numel() for p in model.parameters())
+    return {"task": task.describe(), "metrics": metrics,
+            "model": {"init_config": config.init_config, "architecture": type(model).__name__, "parameters": params,
+                      "vocab_size": len(tokenizer)},
+            "train": {"loss": round(result.training_loss, 5), "steps": result.global_step, "tokens": train.tokens,
+                      "log": trainer.state.log_history},
+            "environment": environment(device)}
+
+
+def _with_lora(model, config: FinetuneConfig, task_type: str = "SEQ_CLS"):
     try:
         from peft import LoraConfig, TaskType, get_peft_model
     except ImportError:
         raise LeanError("--lora needs peft: pip install peft") from None
-    lora = LoraConfig(task_type=TaskType.SEQ_CLS, r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.05)
+    lora = LoraConfig(task_type=getattr(TaskType, task_type), r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.05)
     try:
         return get_peft_model(model, lora)
     except ValueError as e:
