@@ -338,7 +338,6 @@ def measure(spec: dict[str, Any], result: dict[str, Any], save: Callable[[], Non
         if device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
     from lean.data import load_task
-    from lean.metrics import classification_metrics
 
     result["memory"] = {"device": device, "bare_rss_mb": rss_now_mb()}
     result["threads"] = threads
@@ -364,17 +363,11 @@ def measure(spec: dict[str, Any], result: dict[str, Any], save: Callable[[], Non
     save()
 
     if spec.get("quality", True):
-        phase(f"accuracy on {len(test)} test texts")
+        if task.kind not in QUALITY:
+            raise ValueError(f"quality for '{task.kind}' tasks is not measured yet: set measure.quality: false")
+        phase(f"quality on {len(test)} test texts")
         start = time.perf_counter()
-        max_length = int(spec["max_length"])
-        logits = backend.logits(list(test.texts), max_length, int(spec.get("eval_batch_size", 32)))
-        predicted = logits.argmax(-1).tolist()
-        mapping = label_mapping(backend.label_names, task.label_names)
-        predicted = [mapping[p] if mapping else p for p in predicted]
-        quality = classification_metrics(test.labels, predicted, task.label_names)
-        quality.update({"max_length": max_length if spec["kind"] == "model" else None, "split": "test",
-                        "split_seed": task.split_seed, "labels_matched_by": "name" if mapping else "index"})
-        result["quality"] = quality
+        result["quality"] = QUALITY[task.kind](backend, task, test, spec)
         result["timing"]["quality_s"] = round(time.perf_counter() - start, 3)
         save()
 
@@ -409,6 +402,25 @@ def measure(spec: dict[str, Any], result: dict[str, Any], save: Callable[[], Non
         import torch
 
         result["memory"]["cuda_peak_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+
+
+def classification_quality(backend: Backend, task, test, spec: dict[str, Any]) -> dict[str, Any]:
+    """Accuracy, macro-F1 and per-class figures on the test split."""
+    from lean.metrics import classification_metrics
+
+    max_length = int(spec["max_length"])
+    logits = backend.logits(list(test.texts), max_length, int(spec.get("eval_batch_size", 32)))
+    predicted = logits.argmax(-1).tolist()
+    mapping = label_mapping(backend.label_names, task.label_names)
+    predicted = [mapping[p] if mapping else p for p in predicted]
+    quality = classification_metrics(test.labels, predicted, task.label_names)
+    quality.update({"max_length": max_length if spec["kind"] == "model" else None, "split": "test",
+                    "split_seed": task.split_seed, "labels_matched_by": "name" if mapping else "index"})
+    return quality
+
+
+# task kind -> quality function; language-modelling tasks will add perplexity here
+QUALITY: dict[str, Callable[..., dict[str, Any]]] = {"classification": classification_quality}
 
 
 def label_mapping(model_labels: list[str], task_labels: list[str]) -> list[int] | None:
