@@ -62,6 +62,9 @@ class ExportConfig:
             self.fp16 = True
         if self.fp16 and self.quantize:
             raise LeanError("--fp16 (or --optimize O4) and --quantize do not combine: choose one precision")
+        if self.optimize and self.quantize == "int8-static":
+            raise LeanError("--optimize and --quantize int8-static do not combine (calibration cannot type the fused "
+                            "graph); drop --optimize: onnxruntime fuses the quantized graph when it loads it")
         if self.calibration_samples < 1:
             raise LeanError(f"--calibration-samples must be at least 1, got {self.calibration_samples}")
         if not self.atol > 0:
@@ -87,6 +90,7 @@ def export(model: str, config: ExportConfig, output: str, overwrite: bool = Fals
     from lean.steps import run_step
 
     check_source(model)
+    _validation_provider(config)  # a missing GPU is reported before any model is loaded
     return run_step("export", model, config, output, overwrite=overwrite)
 
 
@@ -129,10 +133,10 @@ def run(source: str, config: ExportConfig, out: Path) -> dict[str, Any]:
     from lean.models import environment, load_config, load_model, load_tokenizer, read_manifest
 
     path = check_source(source)
+    validate_on = _validation_provider(config)
     hf_config = load_config(source, config.trust_remote_code)
     kind = model_kind(hf_config, source)
     check_exportable(hf_config.model_type, kind)
-    validate_on = _validation_provider(config)
     if config.quantize == "int8-static" and kind == "lm":
         raise LeanError("--quantize int8-static supports classifiers; for causal LMs use --quantize int8-dynamic")
 
@@ -246,33 +250,38 @@ def _optimize(onnx_dir: Path, config: ExportConfig, model_type: str, out: Path) 
 
 
 def _quantize(onnx_dir: Path, config: ExportConfig, tokenizer, task, max_length: int, out: Path) -> Path:
-    """ORTQuantizer: dynamic (weights int8, activations quantized per batch) or static (ranges from train texts)."""
+    """ORTQuantizer: dynamic (int8 weights, activations quantized per call) or static (ranges from train texts)."""
+    import logging
+
+    import onnx
     from optimum.onnxruntime import ORTQuantizer
     from optimum.onnxruntime.configuration import AutoCalibrationConfig, AutoQuantizationConfig
 
     static = config.quantize == "int8-static"
     qconfig = AutoQuantizationConfig.avx2(is_static=static, per_channel=config.per_channel,
                                           reduce_range=config.reduce_range)
-    if config.optimize:
-        # fused graphs carry contrib ops whose outputs shape inference cannot type; they are float
-        import onnx
-
-        qconfig_extra = {"DefaultTensorType": onnx.TensorProto.FLOAT}
-    else:
-        qconfig_extra = {}
+    # fused graphs carry contrib ops (Attention, SkipLayerNorm) whose outputs shape inference cannot type: all float
+    extra = {"DefaultTensorType": onnx.TensorProto.FLOAT} if config.optimize else {}
     quantizer = ORTQuantizer.from_pretrained(onnx_dir)
-    ranges = None
-    if static:
-        import datasets
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.ERROR))  # onnxruntime's quantizer warns once per tensor on the root logger
+    try:
+        ranges = None
+        if static:
+            import datasets
 
-        texts = task.train.texts[:config.calibration_samples]
-        enc = tokenizer(texts, truncation=True, max_length=max_length, padding="max_length")
-        names = {i.name for i in _session_inputs(onnx_dir / "model.onnx")}
-        calibration = datasets.Dataset.from_dict({k: v for k, v in enc.items() if k in names})
-        ranges = quantizer.fit(calibration, AutoCalibrationConfig.minmax(calibration),
-                               operators_to_quantize=qconfig.operators_to_quantize, batch_size=8,
-                               onnx_augmented_model_name=str(out.parent / "augmented.onnx"))
-    _quantize_with_extra(quantizer, qconfig, out, ranges, qconfig_extra)
+            # (calibration_samples, max_length) int64 inputs, padded to one shape so they batch
+            enc = tokenizer(task.train.texts[:config.calibration_samples], truncation=True, max_length=max_length,
+                            padding="max_length")
+            names = {i.name for i in _session_inputs(onnx_dir / "model.onnx")}
+            calibration = datasets.Dataset.from_dict({k: v for k, v in enc.items() if k in names})
+            ranges = quantizer.fit(calibration, AutoCalibrationConfig.minmax(calibration),
+                                   operators_to_quantize=qconfig.operators_to_quantize, batch_size=8,
+                                   onnx_augmented_model_name=str(out.parent / "augmented.onnx"))
+        _quantize_with_extra(quantizer, qconfig, out, ranges, extra)
+    finally:
+        root.setLevel(level)
     return out
 
 
