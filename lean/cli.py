@@ -198,7 +198,11 @@ def quantize(
     for layer in worst_layers(manifest, 5):
         typer.echo(f"    {layer['sqnr_db']:7.2f} dB  {layer['name']}  {layer['type']} {'x'.join(map(str, layer['shape']))}")
     test = manifest.get("metrics", {}).get("test")
-    if test:
+    if test and "perplexity" in test:
+        change = manifest["metrics"].get("test_perplexity_change_vs_parent")
+        versus = f"  ({change:+.3f} vs the full-precision model)" if change is not None else ""
+        typer.echo(f"  test perplexity {test['perplexity']:.3f}  ({test['tokens']} tokens){versus}")
+    elif test:
         change = manifest["metrics"].get("test_accuracy_change_vs_parent")
         versus = f"  ({change * 100:+.2f} points vs the full-precision model)" if change is not None else ""
         typer.echo(f"  test accuracy {test['accuracy']:.4f}  macro-F1 {test['macro_f1']:.4f}  (n={test['n']}){versus}")

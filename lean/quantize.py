@@ -440,55 +440,44 @@ def _attach_bnb_quantizer(model, config: QuantConfig, skipped: list[str]) -> Non
 
 # ---- sizes ------------------------------------------------------------------------------------
 
-def _module_own_tensors(module) -> list:
-    """The tensors a module holds itself (not its children's), quantization statistics included."""
-    import torch
+def _module_bytes(module, seen: set) -> int:
+    """Bytes a module holds itself (not its children's), quantization statistics included; tensors in
+    `seen` (by address) are not counted again, so tied weights count once."""
+    import torch.ao.nn.quantized.dynamic as nnqd
 
     tensors = [t for t in list(module._parameters.values()) + list(module._buffers.values()) if t is not None]
-    weight = module._parameters.get("weight") if hasattr(module, "_parameters") else None
+    weight = module._parameters.get("weight")
     state = getattr(weight, "quant_state", None)
     if state is not None:  # bnb 4-bit: block scales, the 16-entry code, and the nested (double-quant) state
         tensors += [state.absmax, state.code]
         if getattr(state, "state2", None) is not None:
-            tensors += [state.state2.absmax, state.state2.code, torch.as_tensor(state.offset)]
+            tensors += [state.state2.absmax, state.state2.code, state.offset]
     scb = getattr(weight, "SCB", None)
     if scb is not None:  # bnb int8: one scale per output row
         tensors.append(scb)
-    if _is_dynamic_quantized(module):  # int8 weight + per-channel scale/zero point as saved by save_quantized
-        tensors += list(_dynamic_layer_tensors(module).values())
-    return tensors
-
-
-def _is_dynamic_quantized(module) -> bool:
-    import torch.ao.nn.quantized.dynamic as nnqd
-
-    return isinstance(module, nnqd.Linear)
-
-
-def _bytes(tensors, seen: set) -> int:
     total = 0
     for t in tensors:
-        key = (t.data_ptr(), t.nbytes) if t.device.type != "meta" else id(t)
-        if key in seen:
-            continue
-        seen.add(key)
-        total += t.nbytes
+        key = (t.data_ptr(), t.nbytes)
+        if key not in seen:
+            seen.add(key)
+            total += t.nbytes
+    if isinstance(module, nnqd.Linear):  # packed inside fbgemm: count int8 weight + scale/zero point + bias as saved
+        total += sum(t.nbytes for t in _dynamic_layer_tensors(module).values())
     return total
 
 
 def weight_bytes(model) -> dict[str, int]:
     """Bytes of the whole model's tensors and of its linear layers alone (tied weights counted once;
     an lm_head tied to the embeddings counts as embedding, not as a linear layer)."""
-    seen: set = set()
     kinds = _linear_kinds()
     embedding_ptrs = {m.weight.data_ptr() for m in model.modules() if type(m).__name__ == "Embedding"}
     linear = 0
     for m in model.modules():
         weight = m._parameters.get("weight")
         if isinstance(m, kinds) and not (weight is not None and weight.data_ptr() in embedding_ptrs):
-            linear += _bytes(_module_own_tensors(m), set())
-    total = sum(_bytes(_module_own_tensors(m), seen) for m in model.modules())
-    return {"model": total, "linear": linear}
+            linear += _module_bytes(m, set())
+    seen: set = set()
+    return {"model": sum(_module_bytes(m, seen) for m in model.modules()), "linear": linear}
 
 
 def _linear_kinds() -> tuple:
@@ -754,8 +743,9 @@ def _run(source: str, config: QuantizeStepConfig, out: Path) -> dict[str, Any]:
     quantized, skipped = plan_layers(model, qconfig)  # a --skip that names nothing fails here, before any data is read
     if not quantized:
         raise LeanError("no linear layer is left to quantize: --skip covers them all")
+    task_kind = parent_task.get("kind", "auto") if config.task is None and parent_task else "auto"
     task = load_task(task_spec, config.text_column or parent_task.get("text_column"),
-                     config.label_column or parent_task.get("label_column"), split_seed)
+                     config.label_column or parent_task.get("label_column"), split_seed, kind=task_kind)
     size_before = weight_bytes(model)
 
     calibration = _calibration_batches(tokenizer, task.train.texts[:config.calibration_samples], max_length, device, model)
@@ -790,6 +780,18 @@ def _run(source: str, config: QuantizeStepConfig, out: Path) -> dict[str, Any]:
         "environment": environment(device),
     }
     has_task = bool(parent_task) or config.task is not None
+    if kind == "lm" and has_task and task.kind == "lm":
+        result["task"] = task.describe()
+        if config.evaluate:
+            from lean.lm import perplexity
+
+            # The parent's own window and stride, so the figures compare with its manifest.
+            stride = parent_config.get("perplexity_stride") or max_length // 2
+            test_texts = task.test.texts[:config.max_eval_samples] if config.max_eval_samples else task.test.texts
+            result["metrics"] = {"test": perplexity(model, tokenizer, test_texts, max_length, stride)}
+            parent_test = (parent.get("metrics") or {}).get("test") or {}
+            if parent_test.get("tokens") == result["metrics"]["test"]["tokens"] and "perplexity" in parent_test:
+                result["metrics"]["test_perplexity_change_vs_parent"] = round(result["metrics"]["test"]["perplexity"] - parent_test["perplexity"], 4)
     if kind == "classification" and has_task:
         result["task"] = task.describe()
         if config.evaluate:
