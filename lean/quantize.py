@@ -746,6 +746,10 @@ def _run(source: str, config: QuantizeStepConfig, out: Path) -> dict[str, Any]:
     task_kind = parent_task.get("kind", "auto") if config.task is None and parent_task else "auto"
     task = load_task(task_spec, config.text_column or parent_task.get("text_column"),
                      config.label_column or parent_task.get("label_column"), split_seed, kind=task_kind)
+    has_task = bool(parent_task) or config.task is not None
+    if kind == "classification" and has_task and config.evaluate and model.config.num_labels != task.num_labels:
+        raise LeanError(f"the model has {model.config.num_labels} labels but task '{task_spec}' has {task.num_labels}: "
+                        "pass the task it was trained on (--task) or --no-eval")
     size_before = weight_bytes(model)
 
     calibration = _calibration_batches(tokenizer, task.train.texts[:config.calibration_samples], max_length, device, model)
@@ -779,7 +783,6 @@ def _run(source: str, config: QuantizeStepConfig, out: Path) -> dict[str, Any]:
                  "file_bytes": sum(f.stat().st_size for f in Path(out).glob("*.safetensors"))},
         "environment": environment(device),
     }
-    has_task = bool(parent_task) or config.task is not None
     if kind == "lm" and has_task and task.kind == "lm":
         result["task"] = task.describe()
         if config.evaluate:
@@ -795,8 +798,6 @@ def _run(source: str, config: QuantizeStepConfig, out: Path) -> dict[str, Any]:
     if kind == "classification" and has_task:
         result["task"] = task.describe()
         if config.evaluate:
-            if model.config.num_labels != task.num_labels:
-                raise LeanError(f"the model has {model.config.num_labels} labels but task '{task_spec}' has {task.num_labels}: pass the task it was trained on (--task)")
             test = task.test.take(config.max_eval_samples)
             logits = predict_logits(model, tokenizer, test.texts, max_length, batch_size=32)
             result["metrics"] = {"test": classification_metrics(test.labels, logits.argmax(-1).tolist(), task.label_names)}
