@@ -113,7 +113,7 @@ class TorchBackend(Backend):
                 kwargs["dtype"] = getattr(torch, load["dtype"])
             if load.get("attention") in ("eager", "sdpa"):
                 kwargs["attn_implementation"] = load["attention"]
-            self.model = load_model(path, "classification", **kwargs)
+            self.model = load_model(path, "lm" if spec.get("task_kind") == "lm" else "classification", **kwargs)
             self.model.to(self.device)
         if load.get("attention") == "lean":
             from lean.attention import use_lean_attention
@@ -346,6 +346,7 @@ def measure(spec: dict[str, Any], result: dict[str, Any], save: Callable[[], Non
     t = spec["task"]
     task = load_task(t["spec"], t.get("text_column"), t.get("label_column"), int(t.get("split_seed", 42)))
     test = task.test.take(spec.get("max_eval_samples"))
+    spec["task_kind"] = task.kind  # a causal LM loads with its LM head
 
     phase("loading model")
     start = time.perf_counter()
@@ -369,6 +370,14 @@ def measure(spec: dict[str, Any], result: dict[str, Any], save: Callable[[], Non
         start = time.perf_counter()
         result["quality"] = QUALITY[task.kind](backend, task, test, spec)
         result["timing"]["quality_s"] = round(time.perf_counter() - start, 3)
+        save()
+
+    if task.kind == "lm" and spec.get("generation") is not False:  # TTFT and decode tokens/s (lean.bench.lm)
+        from lean.bench.lm import generation
+
+        start = time.perf_counter()
+        result["generation"] = generation(backend, test, spec, save)
+        result["timing"]["generation_s"] = round(time.perf_counter() - start, 3)
         save()
 
     if spec.get("latency", True):
@@ -419,8 +428,15 @@ def classification_quality(backend: Backend, task, test, spec: dict[str, Any]) -
     return quality
 
 
-# task kind -> quality function; language-modelling tasks will add perplexity here
-QUALITY: dict[str, Callable[..., dict[str, Any]]] = {"classification": classification_quality}
+def lm_quality(backend: Backend, task, test, spec: dict[str, Any]) -> dict[str, Any]:
+    """Sliding-window perplexity of the test split (lean.bench.lm)."""
+    from lean.bench.lm import lm_quality as quality
+
+    return quality(backend, task, test, spec)
+
+
+# task kind -> quality function
+QUALITY: dict[str, Callable[..., dict[str, Any]]] = {"classification": classification_quality, "lm": lm_quality}
 
 
 def label_mapping(model_labels: list[str], task_labels: list[str]) -> list[int] | None:

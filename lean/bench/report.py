@@ -53,6 +53,10 @@ def finalize(results: dict[str, Any]) -> dict[str, Any]:
             ratios["weights_ratio"] = round(w / bw, 4) if w and bw else None
             a, ba = (row.get("quality") or {}).get("accuracy"), (base.get("quality") or {}).get("accuracy")
             ratios["accuracy_delta"] = round(a - ba, 6) if a is not None and ba is not None else None
+            if (results.get("task") or {}).get("kind") == "lm":  # perplexity, decode speed, greedy agreement
+                from lean.bench.lm import lm_ratios
+
+                ratios.update(lm_ratios(row, base))
         row["vs_baseline"] = ratios
     return results
 
@@ -169,6 +173,10 @@ def to_markdown(results: dict[str, Any]) -> str:
                  [_latency_text(_cell(row, key)) for key in cells] + \
                  [mem, wtext, f"{size['params'] / 1e6:.2f}M" if size.get("params") else ""]
         lines.append("| " + " | ".join(values) + " |")
+    if task.get("kind") == "lm":
+        from lean.bench.lm import lm_markdown
+
+        lines += lm_markdown(results)
     problems = [r for r in results["variants"] if r["status"] != "ok"]
     if problems:
         lines += ["", "Not measured:", ""]
@@ -202,6 +210,10 @@ def pareto_front(points: list[tuple[str, float, float]]) -> list[tuple[str, floa
 
 def pareto_png(results: dict[str, Any]) -> bytes:
     """Accuracy against median latency at the primary cell, a labelled point per variant, the front drawn."""
+    if (results.get("task") or {}).get("kind") == "lm":  # perplexity against decode tokens/s
+        from lean.bench.lm import pareto_png as lm_pareto_png
+
+        return lm_pareto_png(results)
     import matplotlib
 
     matplotlib.use("Agg")

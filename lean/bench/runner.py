@@ -183,6 +183,8 @@ def source_key(spec: str) -> str:
     fingerprint of config.json and the weight files' names and sizes, else the spec itself (a Hub id)."""
     from lean.models import manifest_hash, resolve_model
 
+    if spec.startswith("init:"):  # a teacher trained from scratch (suite base: null)
+        return spec
     path = Path(resolve_model(spec))
     if not path.is_dir():
         return spec
@@ -475,6 +477,7 @@ def measure_variant(suite: Suite, variant: Variant, device: str, threads: int, o
         "batch_sizes": measure.batch_sizes, "seq_lengths": measure.seq_lengths, "warmup": measure.warmup,
         "repeats": measure.repeats, "min_repeats": measure.min_repeats, "max_cell_s": measure.max_cell_s,
         "quality": measure.quality, "latency": measure.latency,
+        "perplexity": measure.perplexity, "generation": measure.generation,
     }
     safe = _safe(variant.name)
     spec_file, result_file, log = logs / f"{safe}.measure.json", logs / f"{safe}.result.json", logs / f"{safe}.measure.log"
@@ -491,7 +494,7 @@ def measure_variant(suite: Suite, variant: Variant, device: str, threads: int, o
     code, timed_out = run_child(["-m", "lean.bench.measure", str(spec_file), str(result_file)], log, timeout_s,
                                 on_line, child_env(threads))
     result = json.loads(result_file.read_text()) if result_file.is_file() else {}
-    for key in ("quality", "latency", "memory", "size", "threads", "note"):
+    for key in ("quality", "generation", "latency", "memory", "size", "threads", "note"):
         if key in result:
             row[key] = result[key]
     row["timing"].update(result.get("timing", {}))

@@ -65,8 +65,15 @@ class MeasureConfig:
     max_eval_samples: int | None = None  # None: the full test split (the honest figure)
     quality: bool = True
     latency: bool = True
+    # lm tasks (lean.bench.lm): {window, stride, max_tokens, batch_size}; None: the defaults there
+    perplexity: dict[str, Any] | None = None
+    # lm tasks: {batch_sizes, new_tokens, prompt_tokens, repeats, warmup}; None: defaults; false: skip generation
+    generation: dict[str, Any] | bool | None = None
 
     def __post_init__(self):
+        from lean.bench.lm import check_measure_options
+
+        check_measure_options(self.perplexity, self.generation)
         for name in ("batch_sizes", "seq_lengths"):
             value = getattr(self, name)
             if isinstance(value, int):
@@ -200,6 +207,13 @@ def parse_suite(data: Any, file: str | None = None, check_steps: bool = True) ->
     for required in ("task", "base", "variants"):
         if required not in data:
             raise LeanError(f"{where} has no '{required}' key: add it (see docs/bench.md)")
+    if data["base"] is None:  # a teacher trained from scratch: its first step is finetune with init_config
+        first = (data.get("teacher") or [None])[0] if isinstance(data.get("teacher"), list) else None
+        init = (first.get("finetune") or {}).get("init_config") if isinstance(first, dict) else None
+        if not init:
+            raise LeanError(f"{where} has base: null, which needs a teacher whose first step is "
+                            "{finetune: {init_config: NAME, ...}} (a causal LM trained from scratch)")
+        data = {**data, "base": f"init:{init}"}
     measure = _build(MeasureConfig, _check_keys(f"{where} measure", data.get("measure"),
                                                 {f.name for f in dataclasses.fields(MeasureConfig)}), f"{where} measure")
     teacher = data.get("teacher", [])
