@@ -160,3 +160,17 @@ def test_shipped_lm_suite_parses():
     assert suite.base.startswith("init:") and suite.baseline == "teacher"
     assert {"teacher", "student", "nf4", "onnx-fp32", "onnx-int8"} <= set(suite.variants)
     assert yaml.safe_load((Path(__file__).parents[1] / "benchmarks" / "suites" / "lm.yaml").read_text())
+
+
+def test_terminal_line_of_an_lm_row_shows_perplexity_and_decode_speed(lm_run):
+    import io
+
+    from rich.console import Console
+
+    from lean.bench.report import print_row
+
+    results, _ = lm_run
+    console = Console(file=io.StringIO(), width=200)
+    print_row(console, _row(results, "onnx"), results)
+    line = console.file.getvalue()
+    assert "onnx: perplexity " in line and "b1 decode " in line and "tok/s, TTFT" in line

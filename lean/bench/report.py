@@ -282,6 +282,12 @@ def print_row(console, row: dict[str, Any], results: dict[str, Any]) -> None:
     first = f", b{cells[0]['batch_size']}×{cells[0]['seq_length']} {_latency_text(cells[0])} ms" if cells else ""
     cached = sum(1 for c in row.get("chain", []) if c["cached"])
     built = len(row.get("chain", [])) - cached
-    console.print(f"  {row['name']}: accuracy {_fmt(quality.get('accuracy'))}{first}, peak "
+    if quality.get("perplexity") is not None:  # an LM: perplexity and decode speed at the first batch size
+        gen = ((row.get("generation") or {}).get("cells") or [{}])[0]
+        first += (f", b{gen['batch_size']} decode {gen['decode_tokens_per_s']} tok/s, TTFT {gen['ttft_ms']:.1f} ms"
+                  if gen.get("decode_tokens_per_s") else "")
+    what = f"perplexity {quality['perplexity']:.3f}" if quality.get("perplexity") is not None else \
+        f"accuracy {_fmt(quality.get('accuracy'))}"
+    console.print(f"  {row['name']}: {what}{first}, peak "
                   f"{peak_memory_mb(row) or 0:.0f} MB ({built} step(s) built, {cached} reused, "
                   f"{row['timing'].get('wall_s', 0):.0f} s)", highlight=False)
