@@ -93,7 +93,7 @@ def distill(
     text_column: Optional[str] = typer.Option(None, help="Text column of a file or dataset task."),
     label_column: Optional[str] = typer.Option(None, help="Label column of a file or dataset task."),
     kind: str = typer.Option("auto", help="classification, lm, or auto (follow the teacher's head)."),
-    epochs: float = typer.Option(3.0, help="Training epochs."),
+    epochs: float = typer.Option(2.0, help="Training epochs."),
     lr: float = typer.Option(2e-4, help="Peak learning rate (linear warmup and decay)."),
     batch_size: int = typer.Option(16, help="Training batch size per device."),
     grad_accum: int = typer.Option(1, help="Gradient accumulation steps."),

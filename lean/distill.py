@@ -36,7 +36,8 @@ class DistillConfig:
     layer_map: list[int] | str | None = None  # student layer i <- teacher layer layer_map[i]
     student: str | None = None
     student_config: dict[str, Any] | list[str] | str | None = None
-    epochs: float = 3.0
+    # Measured on bbc-news (MiniLM-L6 teacher, 3-layer copy): validation accuracy peaks after the second epoch.
+    epochs: float = 2.0
     # A student initialised from the teacher's layers is already close; a higher rate than fine-tuning's
     # 1e-4 lets the shallower stack re-fit in a few epochs.
     lr: float = 2e-4
@@ -291,9 +292,8 @@ def _train(source: str, config: DistillConfig, out: Path) -> dict[str, Any]:
     from transformers import EarlyStoppingCallback, TrainingArguments, set_seed
     from transformers.trainer_callback import PrinterCallback
 
-    from lean.data import load_task
     from lean.distill_losses import (DistillationTrainer, DistillCollator, DistillProgressCallback, LMTextDataset,
-                                     LossWeights, lm_metrics)
+                                     LossWeights, cache_teacher_logits, evaluate_student)
     from lean.metrics import TextDataset
     from lean.models import environment, load_config, load_tokenizer, manifest_hash, read_manifest, resolve_device, resolve_model
 
@@ -342,6 +342,7 @@ def _train(source: str, config: DistillConfig, out: Path) -> dict[str, Any]:
         prediction_loss_only=kind == "lm",  # an LM's eval logits (N, T, V) are too big to gather
         save_total_limit=2, save_safetensors=True, logging_steps=10, report_to=[], disable_tqdm=True, seed=config.seed,
         use_cpu=device == "cpu", dataloader_num_workers=0, remove_unused_columns=False,
+        ddp_find_unused_parameters=False,  # every student weight (and projection) takes part in each loss
         fp16=device.startswith("cuda") and not torch.cuda.is_bf16_supported(),
         bf16=device.startswith("cuda") and torch.cuda.is_bf16_supported(),
     )
@@ -358,7 +359,7 @@ def _train(source: str, config: DistillConfig, out: Path) -> dict[str, Any]:
         write_fingerprint(ckpt, config, teacher_hash)
 
     if config.cache_teacher:
-        _cache_teacher_logits(teacher, train_data, collator, args.device, config.batch_size)
+        cache_teacher_logits(teacher, train_data, collator, args.device, config.batch_size)
     callbacks = [DistillProgressCallback(f"distill {t_layers}->{s_layers} layers")]
     if config.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
@@ -385,8 +386,8 @@ def _train(source: str, config: DistillConfig, out: Path) -> dict[str, Any]:
     if hasattr(student, "lean_distill_projections"):
         del student.lean_distill_projections  # training aids, not part of the student
     teacher.to(student.device).eval()
-    metrics, teacher_metrics, teacher_source = _evaluate(student, teacher, tokenizer, kind, task, config,
-                                                         validation, test, teacher_manifest, lm_metrics)
+    metrics, teacher_metrics, teacher_source = evaluate_student(student, teacher, tokenizer, kind, task, config,
+                                                                validation, test, teacher_manifest)
     metric = "accuracy" if kind == "classification" else "next_token_accuracy"
     student.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
@@ -490,47 +491,6 @@ def _student(teacher, tokenizer, kind: str, task, config: DistillConfig, attn: s
         raise LeanError(f"layer map {layer_map} does not fit: it needs {s_layers} entries (one per student layer), "
                         f"each in 0..{t_layers - 1}")
     return student.train(), list(layer_map), origin
-
-
-def _cache_teacher_logits(teacher, dataset, collator, device, batch_size: int) -> None:
-    """Run the teacher once over the training set and store each example's logits in it (C floats each)."""
-    import torch
-
-    teacher.to(device).eval()
-    with torch.inference_mode():
-        for i in range(0, len(dataset), max(batch_size, 32)):
-            feats = dataset.features[i:i + max(batch_size, 32)]
-            batch = collator([{k: v for k, v in f.items() if k != "labels"} for f in feats]).to(device)
-            logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                             **({"token_type_ids": batch["token_type_ids"]} if "token_type_ids" in batch else {})).logits
-            for f, row in zip(feats, logits.float().cpu().tolist()):
-                f["teacher_logits"] = row
-
-
-def _evaluate(student, teacher, tokenizer, kind, task, config, validation, test, teacher_manifest, lm_metrics):
-    """Student metrics on validation and test, and the teacher's test metrics (from its manifest when comparable)."""
-    from lean.metrics import classification_metrics, predict_logits
-
-    metrics, teacher_metrics = {}, {}
-    for name, split in (("validation", validation), ("test", test)):
-        if kind == "classification":
-            logits = predict_logits(student, tokenizer, split.texts, config.max_length, batch_size=64)
-            metrics[name] = classification_metrics(split.labels, logits.argmax(-1).tolist(), task.label_names)
-        else:
-            metrics[name] = lm_metrics(student, tokenizer, split.texts, config.max_length)
-    recorded = (teacher_manifest.get("metrics") or {}).get("test") or {}
-    t_cfg, t_task = teacher_manifest.get("config") or {}, teacher_manifest.get("task") or {}
-    comparable = (kind == "classification" and "accuracy" in recorded and recorded.get("n") == len(test)
-                  and t_task.get("name") == task.name and t_task.get("split_seed") == task.split_seed
-                  and t_cfg.get("max_length") == config.max_length)
-    if comparable:
-        return metrics, {"test": recorded}, "manifest"
-    if kind == "classification":
-        logits = predict_logits(teacher, tokenizer, test.texts, config.max_length, batch_size=64)
-        teacher_metrics["test"] = classification_metrics(test.labels, logits.argmax(-1).tolist(), task.label_names)
-    else:
-        teacher_metrics["test"] = lm_metrics(teacher, tokenizer, test.texts, config.max_length)
-    return metrics, teacher_metrics, "evaluated"
 
 
 def last_complete_checkpoint(ckpt: Path) -> Path | None:

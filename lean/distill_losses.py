@@ -275,3 +275,46 @@ class DistillProgressCallback(RichProgressCallback):
             self.progress.console.print(f"  epoch {logs.get('epoch', 0):.2f}: validation accuracy {logs['eval_accuracy']:.4f}")
         elif "eval_loss" in logs:
             self.progress.console.print(f"  epoch {logs.get('epoch', 0):.2f}: validation loss {logs['eval_loss']:.4f}")
+
+
+# ---- teacher cache and final evaluation ------------------------------------------------------
+
+def cache_teacher_logits(teacher, dataset, collator, device, batch_size: int) -> None:
+    """Run the teacher once over the training set and store each example's logits in it (C floats each)."""
+    import torch
+
+    teacher.to(device).eval()
+    with torch.inference_mode():
+        for i in range(0, len(dataset), max(batch_size, 32)):
+            feats = dataset.features[i:i + max(batch_size, 32)]
+            batch = collator([{k: v for k, v in f.items() if k != "labels"} for f in feats]).to(device)
+            logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                             **({"token_type_ids": batch["token_type_ids"]} if "token_type_ids" in batch else {})).logits
+            for f, row in zip(feats, logits.float().cpu().tolist()):
+                f["teacher_logits"] = row
+
+
+def evaluate_student(student, teacher, tokenizer, kind, task, config, validation, test, teacher_manifest):
+    """Student metrics on validation and test, and the teacher's test metrics (from its manifest when comparable)."""
+    from lean.metrics import classification_metrics, predict_logits
+
+    metrics, teacher_metrics = {}, {}
+    for name, split in (("validation", validation), ("test", test)):
+        if kind == "classification":
+            logits = predict_logits(student, tokenizer, split.texts, config.max_length, batch_size=64)
+            metrics[name] = classification_metrics(split.labels, logits.argmax(-1).tolist(), task.label_names)
+        else:
+            metrics[name] = lm_metrics(student, tokenizer, split.texts, config.max_length)
+    recorded = (teacher_manifest.get("metrics") or {}).get("test") or {}
+    t_cfg, t_task = teacher_manifest.get("config") or {}, teacher_manifest.get("task") or {}
+    comparable = (kind == "classification" and "accuracy" in recorded and recorded.get("n") == len(test)
+                  and t_task.get("name") == task.name and t_task.get("split_seed") == task.split_seed
+                  and t_cfg.get("max_length") == config.max_length)
+    if comparable:
+        return metrics, {"test": recorded}, "manifest"
+    if kind == "classification":
+        logits = predict_logits(teacher, tokenizer, test.texts, config.max_length, batch_size=64)
+        teacher_metrics["test"] = classification_metrics(test.labels, logits.argmax(-1).tolist(), task.label_names)
+    else:
+        teacher_metrics["test"] = lm_metrics(teacher, tokenizer, test.texts, config.max_length)
+    return metrics, teacher_metrics, "evaluated"
