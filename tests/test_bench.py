@@ -222,6 +222,25 @@ def test_percentiles_and_pareto_front_against_hand_values():
     assert classify_error(MemoryError()) == "oom" and classify_error(ValueError("x")) == "failed"
 
 
+def test_time_cell_warms_up_then_repeats_within_the_cell_budget():
+    import time
+
+    from lean.bench.measure import time_cell
+
+    calls = []
+
+    def forward(batch):
+        calls.append(batch)
+        time.sleep(0.02)
+
+    times, warmed = time_cell(forward, lambda: None, ["a", "b"], warmup=3, repeats=4, min_repeats=2, max_cell_s=None)
+    assert warmed == 3 and len(times) == 4 and calls == ["a", "b", "a", "a", "b", "a", "b"]
+    assert all(t >= 0.02 for t in times)
+    calls.clear()
+    times, warmed = time_cell(forward, lambda: None, ["a"], warmup=10, repeats=50, min_repeats=3, max_cell_s=0.05)
+    assert warmed in (1, 2) and len(times) == 3  # warm-up stops at max_cell_s / 2; timing at max_cell_s, 3 runs at least
+
+
 # ---- a whole run --------------------------------------------------------------------------------------
 
 def test_measured_rows_match_references(tiny_run, tiny_bert_dir, bbc_csv):

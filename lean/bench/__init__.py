@@ -5,10 +5,20 @@
 
 suite.py (YAML schema), runner.py (chains, caching, subprocesses), measure.py (inside a variant's
 subprocess), report.py (results.json, results.csv, report.md, pareto.png), classical.py (tfidf-logreg).
+Names are resolved lazily, so `python -m lean.bench.runner` and `-m lean.bench.measure` run their
+module once (not also as an import of this package).
 """
 
-from lean.bench.runner import BenchOptions, run_bench
-from lean.bench.suite import DEFAULT_SUITE, Suite, Variant, directories_suite, load_suite, parse_suite
+from importlib import import_module
 
-__all__ = ["BenchOptions", "run_bench", "DEFAULT_SUITE", "Suite", "Variant", "directories_suite", "load_suite",
-           "parse_suite"]
+_EXPORTS = {"BenchOptions": "lean.bench.runner", "run_bench": "lean.bench.runner",
+            "DEFAULT_SUITE": "lean.bench.suite", "Suite": "lean.bench.suite", "Variant": "lean.bench.suite",
+            "directories_suite": "lean.bench.suite", "load_suite": "lean.bench.suite", "parse_suite": "lean.bench.suite"}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'lean.bench' has no attribute '{name}'")

@@ -293,11 +293,19 @@ def latency_texts(texts: list[str], lengths: list[int] | None, batch_size: int, 
 
 
 def time_cell(forward: Callable[[Any], None], sync: Callable[[], None], batches: list, warmup: int, repeats: int,
-              min_repeats: int, max_cell_s: float | None) -> list[float]:
-    """Seconds per call, after `warmup` untimed calls; the device is synchronised around each timed call."""
+              min_repeats: int, max_cell_s: float | None) -> tuple[list[float], int]:
+    """Seconds per call, after `warmup` untimed calls; the device is synchronised around each timed call.
+
+    With `max_cell_s`, warm-up also stops after max_cell_s / 2 seconds (one call at least): a call
+    that takes a second is warm after the first one.
+    """
+    start, warmed = time.perf_counter(), 0
     for w in range(warmup):
         forward(batches[w % len(batches)])
-    sync()
+        sync()
+        warmed += 1
+        if max_cell_s is not None and time.perf_counter() - start >= max_cell_s / 2:
+            break
     times: list[float] = []
     for r in range(repeats):
         batch = batches[r % len(batches)]
@@ -307,7 +315,7 @@ def time_cell(forward: Callable[[Any], None], sync: Callable[[], None], batches:
         times.append(time.perf_counter() - start)
         if max_cell_s is not None and sum(times) >= max_cell_s and len(times) >= min_repeats:
             break
-    return times
+    return times, warmed
 
 
 # ---- the measurement ------------------------------------------------------------------------------------
@@ -395,10 +403,10 @@ def measure(spec: dict[str, Any], result: dict[str, Any], save: Callable[[], Non
                 n_batches = max(1, min(MAX_DISTINCT_BATCHES, spec["warmup"] + spec["repeats"]))
                 texts, inputs_info = latency_texts(list(test.texts), lengths, batch_size, seq_length, n_batches)
                 batches = [backend.prepare(b, seq_length) for b in texts]  # tokenized once, outside the timed region
-                times = time_cell(backend.forward, backend.sync, batches, spec["warmup"], spec["repeats"],
+                times, warmed = time_cell(backend.forward, backend.sync, batches, spec["warmup"], spec["repeats"],
                                   spec.get("min_repeats", 1), spec.get("max_cell_s"))
                 cell.update(percentiles(times))
-                cell["warmup"] = spec["warmup"]
+                cell["warmup"] = warmed
                 cell["throughput_sps"] = round(batch_size / (cell["median_ms"] / 1000.0), 3)
                 cell["inputs"] = inputs_info
                 result["latency"].append(cell)

@@ -532,6 +532,7 @@ class _Progress:
         self.enabled = enabled and self.console.is_terminal
         self.bar = None
         self.total = total
+        self._last_kind, self._last_print = None, 0.0
         if self.enabled:
             from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
                                        TimeElapsedColumn, TimeRemainingColumn)
@@ -558,6 +559,13 @@ class _Progress:
     def phase(self, text: str):
         if self.bar:
             self.bar.update(self.task, phase=text)
+            return
+        # without a terminal: a line when the phase changes, and a progress line at most every 30 s
+        kind = text.split(":")[0] if text.startswith("build") else text  # a build's step counter is not a new phase
+        now = time.monotonic()
+        if kind != self._last_kind or now - self._last_print >= 30:
+            self.console.print(f"    {text}", highlight=False)
+            self._last_kind, self._last_print = kind, now
 
     def done(self, completed: int):
         if self.bar:
