@@ -469,6 +469,9 @@ def error_text(e: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started from a background job
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 2:
         print("usage: python -m lean.bench.measure SPEC.json RESULT.json", file=sys.stderr)

@@ -160,6 +160,7 @@ def build_main(spec_file: str) -> int:
     from lean.bench.measure import classify_error, error_text
     from lean.steps import STEPS, register_step, run_step, step_config
 
+    restore_interrupts()
     spec = json.loads(Path(spec_file).read_text())
     result: dict[str, Any] = {"status": "ok"}
     try:
@@ -400,6 +401,7 @@ def run_bench(suite: Suite, options: BenchOptions | None = None, console=None) -
         return path, key
 
     progress.start()
+    previous_term = _terminate_as_interrupt()
     try:
         for index, name in enumerate(names):
             variant = suite.variants[name]
@@ -417,6 +419,8 @@ def run_bench(suite: Suite, options: BenchOptions | None = None, console=None) -
         results["run"]["not_run"] = [n for n in names if n not in done]
         raise
     finally:
+        if previous_term is not None:
+            signal.signal(signal.SIGTERM, previous_term)
         progress.stop()
         results["run"]["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         results["run"]["wall_s"] = round(time.time() - started, 1)
@@ -424,6 +428,23 @@ def run_bench(suite: Suite, options: BenchOptions | None = None, console=None) -
         finalize(results)
         write_reports(results, output)
     return results
+
+
+def _terminate_as_interrupt():
+    """SIGTERM (kill, a CI timeout) stops the run like Ctrl-C: the child is stopped, finished rows stay."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
+def restore_interrupts() -> None:
+    """In a child: let SIGINT raise KeyboardInterrupt even when the harness was started with SIGINT ignored
+    (a background job), so a stopped step still removes its temp directory."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def measure_variant(suite: Suite, variant: Variant, device: str, threads: int, options: BenchOptions, chains: Chains,
