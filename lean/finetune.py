@@ -76,8 +76,7 @@ def run(source: str, config: FinetuneConfig, out: Path) -> dict[str, Any]:
     """The step: train, evaluate on validation and test, save model + tokenizer into `out`.
 
     `source` "init:NAME" (with config.init_config) means: no parent model, train from scratch."""
-    import torch
-    from transformers import EarlyStoppingCallback, Trainer, TrainingArguments, set_seed
+    from transformers import EarlyStoppingCallback, Trainer, set_seed
 
     from lean.data import load_task
     from lean.metrics import TextDataset, classification_metrics, predict_logits
@@ -105,29 +104,9 @@ def run(source: str, config: FinetuneConfig, out: Path) -> dict[str, Any]:
     train = task.train.take(config.max_train_samples)
     validation = task.validation.take(config.max_eval_samples)
     test = task.test.take(config.max_eval_samples)
-    args = TrainingArguments(
-        output_dir=str(out / "_checkpoints"),
-        num_train_epochs=config.epochs,
-        learning_rate=config.lr,
-        per_device_train_batch_size=config.batch_size,
-        per_device_eval_batch_size=max(config.batch_size, 32),
-        weight_decay=config.weight_decay,
-        warmup_ratio=config.warmup_ratio,
-        eval_strategy="epoch",
-        save_strategy="epoch" if config.early_stopping_patience else "no",
-        load_best_model_at_end=bool(config.early_stopping_patience),
-        metric_for_best_model="accuracy",
-        save_total_limit=1,
-        save_safetensors=True,
-        logging_steps=10,
-        report_to=[],
-        disable_tqdm=True,
-        seed=config.seed,
-        use_cpu=device == "cpu",
-        fp16=device.startswith("cuda") and not torch.cuda.is_bf16_supported(),
-        bf16=device.startswith("cuda") and torch.cuda.is_bf16_supported(),
-        dataloader_num_workers=0,
-    )
+    args = _training_args(config, out, device, eval_strategy="epoch",
+                          save_strategy="epoch" if config.early_stopping_patience else "no",
+                          load_best_model_at_end=bool(config.early_stopping_patience), metric_for_best_model="accuracy")
     callbacks = [RichProgressCallback("finetune")]
     if config.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
@@ -144,26 +123,14 @@ def run(source: str, config: FinetuneConfig, out: Path) -> dict[str, Any]:
         compute_metrics=compute_metrics,
         callbacks=callbacks,
     )
-    from transformers.trainer_callback import PrinterCallback
-
-    trainer.remove_callback(PrinterCallback)  # the rich bar replaces the per-log dict prints
-    train_result = trainer.train()
-    model = trainer.model
-    if config.lora:
-        model = model.merge_and_unload()
+    train_result, model = _train(trainer, config)
     if not trainer.is_world_process_zero():
         return {}
-
-    model.eval()
     metrics = {}
     for name, split in (("validation", validation), ("test", test)):
         logits = predict_logits(model, tokenizer, split.texts, config.max_length, batch_size=64)
         metrics[name] = classification_metrics(split.labels, logits.argmax(-1).tolist(), task.label_names)
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    import shutil
-
-    shutil.rmtree(out / "_checkpoints", ignore_errors=True)
+    _save(model, tokenizer, out)
     return {
         "task": task.describe(),
         "metrics": metrics,
@@ -171,6 +138,26 @@ def run(source: str, config: FinetuneConfig, out: Path) -> dict[str, Any]:
                   "samples": len(train), "log": trainer.state.log_history},
         "environment": environment(device),
     }
+
+
+def _train(trainer, config: FinetuneConfig):
+    """Train with the rich bar (not Trainer's per-log prints); merge a LoRA adapter; model in eval mode."""
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+    result = trainer.train()
+    model = trainer.model
+    if config.lora:
+        model = model.merge_and_unload()
+    return result, model.eval()
+
+
+def _save(model, tokenizer, out: Path) -> None:
+    import shutil
+
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    shutil.rmtree(out / "_checkpoints", ignore_errors=True)
 
 
 def _training_args(config: FinetuneConfig, out: Path, device: str, **extra):
@@ -189,8 +176,6 @@ def _training_args(config: FinetuneConfig, out: Path, device: str, **extra):
 def _run_lm(source: str | None, config: FinetuneConfig, out: Path, task, device: str) -> dict[str, Any]:
     """Causal LM training on a text corpus: from a named config (with a new tokenizer) or a given LM."""
     from transformers import DataCollatorForLanguageModeling, EarlyStoppingCallback, Trainer, set_seed
-    from transformers.trainer_callback import PrinterCallback
-
     from lean.lm import BlockDataset, model_from_init_config, perplexity, train_tokenizer
     from lean.models import environment, load_model, load_tokenizer
     from lean.progress import RichProgressCallback
@@ -221,23 +206,14 @@ def _run_lm(source: str | None, config: FinetuneConfig, out: Path, task, device:
                           greater_is_better=False)
     trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=validation,
                       data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False), callbacks=callbacks)
-    trainer.remove_callback(PrinterCallback)
-    result = trainer.train()
-    model = trainer.model
-    if config.lora:
-        model = model.merge_and_unload()
+    result, model = _train(trainer, config)
     if not trainer.is_world_process_zero():
         return {}
-    model.eval()
     stride = config.perplexity_stride or config.max_length // 2
     test_texts = task.test.texts[: config.max_eval_samples] if config.max_eval_samples else task.test.texts
     metrics = {"validation": perplexity(model, tokenizer, val_texts, config.max_length, stride),
                "test": perplexity(model, tokenizer, test_texts, config.max_length, stride)}
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    import shutil
-
-    shutil.rmtree(out / "_checkpoints", ignore_errors=True)
+    _save(model, tokenizer, out)
     params = sum(p.numel() for p in model.parameters())
     return {"task": task.describe(), "metrics": metrics,
             "model": {"init_config": config.init_config, "architecture": type(model).__name__, "parameters": params,
