@@ -149,18 +149,25 @@ def test_bad_yaml_and_missing_file(tmp_path):
         load_suite(tmp_path / "none.yaml")
 
 
-def test_default_suite_lists_every_variant_and_ships_in_the_package():
-    repo_copy = Path(__file__).resolve().parent.parent / "benchmarks" / "suites" / "default.yaml"
-    assert repo_copy.resolve() == DEFAULT_SUITE.resolve()  # one file, reachable from an installed package too
-    suite = load_suite()
-    expected = {"fp32", "sdpa", "bf16", "fp16", "tfidf-logreg", "int8-dynamic", "int8-bnb", "nf4-bnb", "fp4-bnb",
-                "student-l3", "student-l2", "student-l3+", "onnx-fp32", "onnx-O2", "onnx-int8-dynamic",
-                "onnx-int8-static", "onnx-fp16", "lean-attention", "student-l3+onnx-int8"}
-    assert expected <= set(suite.variants)
-    assert suite.baseline == "fp32" and suite.base == "minilm-l6" and suite.task == "bbc-news"
-    assert {"cuda"} <= set(suite.variants["fp16"].requires) and {"cuda"} <= set(suite.variants["lean-attention"].requires)
-    # the student shared by student-l3 and student-l3+onnx-int8 is one chain prefix, so one build
-    assert suite.variants["student-l3"].steps[0] == suite.variants["student-l3+onnx-int8"].steps[0]
+def test_default_and_full_suites_list_their_variants_and_share_the_cache():
+    suites = Path(__file__).resolve().parent.parent / "benchmarks" / "suites"
+    assert (suites / "default.yaml").resolve() == DEFAULT_SUITE.resolve()  # one file, reachable from an installed package too
+    default, full = load_suite(), load_suite(suites / "cpu-full.yaml")
+    every = {"fp32", "sdpa", "bf16", "fp16", "tfidf-logreg", "int8-dynamic", "int8-bnb", "nf4-bnb", "fp4-bnb",
+             "student-l3", "student-l2", "student-l3+", "onnx-fp32", "onnx-O2", "onnx-int8-dynamic",
+             "onnx-int8-static", "onnx-fp16", "lean-attention", "student-l3+onnx-int8"}
+    assert every <= set(full.variants)
+    # the default suite keeps one row per kind of step, each built exactly as in the full suite (one cache)
+    assert {"fp32", "sdpa", "tfidf-logreg", "int8-dynamic", "student-l3", "onnx-fp32", "onnx-int8-dynamic",
+            "student-l3+onnx-int8", "fp16", "lean-attention"} <= set(default.variants)
+    assert default.teacher == full.teacher
+    for name, variant in default.variants.items():
+        assert variant.steps == full.variants[name].steps, name
+    for suite in (default, full):
+        assert suite.baseline == "fp32" and suite.base == "minilm-l6" and suite.task == "bbc-news"
+        assert {"cuda"} <= set(suite.variants["fp16"].requires) and {"cuda"} <= set(suite.variants["lean-attention"].requires)
+        # the student shared by student-l3 and student-l3+onnx-int8 is one chain prefix, so one build
+        assert suite.variants["student-l3"].steps[0] == suite.variants["student-l3+onnx-int8"].steps[0]
 
 
 def test_gpu_suite_parses():
