@@ -61,7 +61,7 @@ def resolve_model(spec: str | os.PathLike) -> str:
 
 
 def is_onnx_dir(path: str | os.PathLike) -> bool:
-    return Path(path, "model.onnx").is_file() or any(Path(path).glob("*.onnx")) if Path(path).is_dir() else False
+    return Path(path).is_dir() and any(Path(path).glob("*.onnx"))
 
 
 def load_config(spec: str, trust_remote_code: bool = False):

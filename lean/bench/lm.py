@@ -347,8 +347,6 @@ def pareto_front(points: list[tuple[str, float, float]]) -> list[tuple[str, floa
 
 def pareto_png(results: dict[str, Any]) -> bytes:
     """Perplexity against decode tokens/s (batch = the smallest measured), the front drawn."""
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -370,11 +368,6 @@ def pareto_png(results: dict[str, Any]) -> bytes:
         ax.text(0.5, 0.5, "no variant measured yet", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel(f"decode tokens/s, greedy, batch {batch} (higher is better)")
     ax.set_ylabel("test perplexity (lower is better)")
-    ax.set_title(f"lean bench {results['suite']['name']}: perplexity against decode speed "
-                 f"({results.get('run', {}).get('device')}, {results.get('run', {}).get('threads')} threads)")
-    ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
+    from lean.bench.report import finish_png
+
+    return finish_png(fig, ax, results, "perplexity against decode speed")

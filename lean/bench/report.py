@@ -161,7 +161,7 @@ def to_markdown(results: dict[str, Any]) -> str:
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))
     for row in results["variants"]:
-        quality, memory, size = row.get("quality") or {}, row.get("memory") or {}, row.get("size") or {}
+        quality, size = row.get("quality") or {}, row.get("size") or {}
         ratios = row.get("vs_baseline") or {}
         peak = peak_memory_mb(row)
         mem = f"{peak:.0f}" + (f" ({ratios['memory_ratio']:.2f}×)" if ratios.get("memory_ratio") else "") if peak else ""
@@ -241,8 +241,15 @@ def pareto_png(results: dict[str, Any]) -> bytes:
         ax.text(0.5, 0.5, "no variant measured yet", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel(f"median latency, ms (batch {key[0]} × {key[1]} tokens)" if key else "median latency, ms")
     ax.set_ylabel("test accuracy")
-    ax.set_title(f"lean bench {results['suite']['name']}: accuracy against latency "
-                 f"({results.get('run', {}).get('device')}, {results.get('run', {}).get('threads')} threads)")
+    return finish_png(fig, ax, results, "accuracy against latency")
+
+
+def finish_png(fig, ax, results: dict[str, Any], subject: str) -> bytes:
+    """Title (suite, device, threads), grid, and the figure as PNG bytes; closes the figure."""
+    import matplotlib.pyplot as plt
+
+    run = results.get("run", {})
+    ax.set_title(f"lean bench {results['suite']['name']}: {subject} ({run.get('device')}, {run.get('threads')} threads)")
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
     buffer = io.BytesIO()
