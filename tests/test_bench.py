@@ -158,13 +158,16 @@ def test_default_and_full_suites_list_their_variants_and_share_the_cache():
              "onnx-int8-static", "onnx-fp16", "lean-attention", "student-l3+onnx-int8"}
     assert every <= set(full.variants)
     # the default suite keeps one row per kind of step, each built exactly as in the full suite (one cache)
-    assert {"fp32", "sdpa", "tfidf-logreg", "int8-dynamic", "student-l3", "onnx-fp32", "onnx-int8-dynamic",
-            "student-l3+onnx-int8", "fp16", "lean-attention"} <= set(default.variants)
+    assert {"sdpa", "tfidf-logreg", "int8-dynamic", "student-l3", "onnx-int8-dynamic",
+            "student-l3+onnx-int8", "fp16", "lean-attention", "onnx-fp16"} <= set(default.variants)
     assert default.teacher == full.teacher
     for name, variant in default.variants.items():
         assert variant.steps == full.variants[name].steps, name
+    # the baseline is the teacher as transformers loads it by default (sdpa); the full suite's is eager
+    assert default.baseline == "sdpa" and full.baseline == "fp32"
+    assert default.variants["sdpa"].load == full.variants["sdpa"].load
     for suite in (default, full):
-        assert suite.baseline == "fp32" and suite.base == "minilm-l6" and suite.task == "bbc-news"
+        assert suite.base == "minilm-l6" and suite.task == "bbc-news"
         assert {"cuda"} <= set(suite.variants["fp16"].requires) and {"cuda"} <= set(suite.variants["lean-attention"].requires)
         # the student shared by student-l3 and student-l3+onnx-int8 is one chain prefix, so one build
         assert suite.variants["student-l3"].steps[0] == suite.variants["student-l3+onnx-int8"].steps[0]
@@ -392,3 +395,51 @@ def test_cli_bad_suite_exits_2_with_one_line(monkeypatch, capsys, tmp_path):
     assert code == 2 and "not both" in err
     code, out, _ = _cli(monkeypatch, capsys, "bench", "--list")
     assert code == 0 and "fp16" in out and "student-l3+onnx-int8" in out
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="PYTHONSAFEPATH needs Python 3.11")
+def test_children_started_from_a_checkout_do_not_import_its_kernels_folder():
+    # transformers and bitsandbytes probe for the Hub's `kernels` package; a child started with `python -m`
+    # from the repository root must not find the checkout's kernels/ (installed as lean.kernels) instead
+    import subprocess
+
+    from lean.bench.runner import child_env
+
+    root = Path(__file__).resolve().parent.parent
+    assert (root / "kernels" / "__init__.py").is_file()
+    probe = "import importlib.util; s = importlib.util.find_spec('kernels'); print(s.origin if s else None)"
+    found = subprocess.run([sys.executable, "-c", probe], cwd=root, env=child_env(None), capture_output=True,
+                           text=True, check=True).stdout.strip()
+    assert found != str(root / "kernels" / "__init__.py")
+    plain = {k: v for k, v in child_env(None).items() if k != "PYTHONSAFEPATH"}
+    bare = subprocess.run([sys.executable, "-c", probe], cwd=root, env=plain, capture_output=True, text=True, check=True)
+    assert bare.stdout.strip() == str(root / "kernels" / "__init__.py")  # what the variable prevents
+
+
+def _run_results(acc: float, speedup: float) -> dict:
+    cell = lambda b, s, ms, x: {"batch_size": b, "seq_length": s, "median_ms": ms, "speedup": x}  # noqa: E731
+    return {"baseline": "sdpa", "variants": [
+        {"name": "sdpa", "status": "ok", "quality": {"accuracy": 0.98, "macro_f1": 0.97},
+         "latency": [cell(1, 128, 50.0, 1.0)]},
+        {"name": "int8", "status": "ok", "quality": {"accuracy": acc, "macro_f1": 0.96},
+         "latency": [cell(1, 128, 50.0 / speedup, speedup)]},
+        {"name": "fp16", "status": "skipped"}]}
+
+
+def test_compare_runs_checks_quality_exactly_and_speed_ratios_within_tolerance(tmp_path, capsys):
+    from lean.bench.compare import compare_runs, main
+
+    same = compare_runs(_run_results(0.97, 2.0), _run_results(0.97, 2.15))  # +7.5%
+    assert same["agree"] and [v["name"] for v in same["variants"]] == ["sdpa", "int8"]
+    assert same["variants"][1]["speed"]["b1x128"] == (2.0, 2.15, 0.075)
+    slower = compare_runs(_run_results(0.97, 2.0), _run_results(0.97, 1.7))  # -15%
+    assert not slower["agree"] and slower["variants"][1]["worst_speed_difference"] == pytest.approx(0.15)
+    assert not compare_runs(_run_results(0.97, 2.0), _run_results(0.9701, 2.0))["agree"]  # quality must be equal
+    for name, results in (("a", _run_results(0.97, 2.0)), ("b", _run_results(0.97, 1.7))):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(results))
+    assert main([str(tmp_path / "a"), str(tmp_path / "a")]) == 0
+    assert main([str(tmp_path / "a"), str(tmp_path / "b")]) == 1
+    assert "DIFF int8" in capsys.readouterr().out
+    assert main([str(tmp_path / "a"), str(tmp_path / "none")]) == 2
+    assert "no results.json" in capsys.readouterr().err

@@ -61,7 +61,10 @@ class BuildError(Exception):
 # ---- subprocesses ------------------------------------------------------------------------------------
 
 def child_env(threads: int | None) -> dict[str, str]:
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+    # PYTHONSAFEPATH (3.11+): `python -m` must not put the working directory first on sys.path, or a
+    # run from a source checkout makes its kernels/ folder the `kernels` package that transformers and
+    # bitsandbytes probe for
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1", "PYTHONSAFEPATH": "1"}
     if threads:
         for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
             env[name] = str(threads)

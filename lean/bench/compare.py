@@ -1,0 +1,99 @@
+"""Do two runs of one suite agree? Quality exactly, and each variant's speed relative to its run's
+baseline within a tolerance (absolute times differ between machines and days; ratios should not).
+
+    python -m lean.bench.compare RUN_A RUN_B [--tolerance 0.10]
+
+RUN_A and RUN_B are run directories (or their results.json). Prints one line per variant and a
+verdict; exits 1 when they disagree, 2 on bad input. Tests: tests/test_bench.py.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from lean.errors import LeanError
+
+QUALITY_KEYS = ("accuracy", "macro_f1", "perplexity")
+
+
+def load_results(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    file = path / "results.json" if path.is_dir() else path
+    if not file.is_file():
+        raise LeanError(f"no results.json at {path}: pass a run directory written by lean bench")
+    try:
+        return json.loads(file.read_text())
+    except json.JSONDecodeError as e:
+        raise LeanError(f"{file} is not valid JSON ({e.msg} at line {e.lineno})") from None
+
+
+def _speed_ratios(row: dict[str, Any]) -> dict[str, float]:
+    """Every speed figure of a row relative to its run's baseline (higher is faster)."""
+    out = {f"b{c['batch_size']}x{c['seq_length']}": c["speedup"] for c in row.get("latency") or [] if c.get("speedup")}
+    for key, value in (row.get("vs_baseline") or {}).items():
+        if key.startswith("decode_speedup_b") and value:
+            out[key.replace("decode_speedup_", "decode ")] = value
+    return out
+
+
+def compare_runs(a: dict[str, Any], b: dict[str, Any], tolerance: float = 0.10) -> dict[str, Any]:
+    """Per variant measured in both runs: quality figures equal, speed ratios within `tolerance` (relative)."""
+    if a.get("baseline") != b.get("baseline"):
+        raise LeanError(f"the runs have different baselines ('{a.get('baseline')}' and '{b.get('baseline')}'): "
+                        "ratios are comparable only against the same baseline")
+    rows_b = {r["name"]: r for r in b.get("variants", [])}
+    variants, agree = [], True
+    for row in a.get("variants", []):
+        other = rows_b.get(row["name"])
+        if not other or row.get("status") != "ok" or other.get("status") != "ok":
+            continue
+        qa, qb = row.get("quality") or {}, other.get("quality") or {}
+        quality = {k: (qa[k], qb[k]) for k in QUALITY_KEYS if k in qa and k in qb}
+        quality_equal = all(x == y for x, y in quality.values())
+        ra, rb = _speed_ratios(row), _speed_ratios(other)
+        speeds = {k: (ra[k], rb[k], round(rb[k] / ra[k] - 1, 4)) for k in ra if k in rb}
+        worst = max((abs(d) for _, _, d in speeds.values()), default=0.0)
+        ok = quality_equal and worst <= tolerance
+        agree &= ok
+        variants.append({"name": row["name"], "quality": quality, "quality_equal": quality_equal, "speed": speeds,
+                         "worst_speed_difference": worst, "agree": ok})
+    if not variants:
+        raise LeanError("the runs share no variant measured in both: nothing to compare")
+    return {"baseline": a.get("baseline"), "tolerance": tolerance, "agree": agree, "variants": variants}
+
+
+def format_comparison(comparison: dict[str, Any]) -> str:
+    lines = [f"baseline {comparison['baseline']}; speed ratios must agree within {comparison['tolerance']:.0%}"]
+    for v in comparison["variants"]:
+        quality = ", ".join(f"{k} {x:g}" + ("" if x == y else f" vs {y:g}") for k, (x, y) in v["quality"].items())
+        speed = ", ".join(f"{k} {x:.2f}x/{y:.2f}x ({d:+.1%})" for k, (x, y, d) in v["speed"].items())
+        lines.append(f"{'ok  ' if v['agree'] else 'DIFF'} {v['name']}: {quality or 'no quality'}"
+                     + (f"; {speed}" if speed else ""))
+    lines.append("the runs agree" if comparison["agree"] else "the runs disagree")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m lean.bench.compare", description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_a")
+    parser.add_argument("run_b")
+    parser.add_argument("--tolerance", type=float, default=0.10, help="relative difference allowed in speed ratios")
+    args = parser.parse_args(argv)
+    try:
+        if not 0 < args.tolerance < 1:
+            raise LeanError(f"--tolerance must be between 0 and 1, got {args.tolerance}")
+        comparison = compare_runs(load_results(args.run_a), load_results(args.run_b), args.tolerance)
+    except LeanError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_comparison(comparison))
+    return 0 if comparison["agree"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
