@@ -224,11 +224,17 @@ class DistillCollator:
 
 
 class LMTextDataset:
-    """Texts tokenized once for next-token prediction (labels are made by DistillCollator)."""
+    """The texts joined by eos into one token stream, cut into blocks of `max_length` tokens (the last one
+    shorter), as lean.finetune trains LMs: every token of the corpus is trained on or scored, not just
+    the first `max_length` of each text. Labels are made by DistillCollator."""
 
     def __init__(self, tokenizer, texts, max_length: int):
-        enc = tokenizer(list(texts), truncation=True, max_length=max_length)
-        self.features = [{k: enc[k][i] for k in ("input_ids", "attention_mask")} for i in range(len(texts))]
+        eos = tokenizer.eos_token_id
+        stream: list[int] = []
+        for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]:
+            stream.extend(ids + ([eos] if eos is not None else []))
+        blocks = [stream[i:i + max_length] for i in range(0, len(stream), max_length)]
+        self.features = [{"input_ids": b, "attention_mask": [1] * len(b)} for b in blocks if len(b) >= 2]
 
     def __len__(self) -> int:
         return len(self.features)

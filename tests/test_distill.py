@@ -271,6 +271,22 @@ def test_distill_causal_lm(arch, tiny_llama_dir, tiny_gpt2_dir, bbc_csv, tmp_pat
     assert AutoModelForCausalLM.from_pretrained(out).config.num_hidden_layers == 1
 
 
+def test_lm_text_dataset_packs_every_token_of_the_corpus(tiny_llama_dir):
+    # a causal student trains on the whole stream (texts joined by eos), not on each text's first block
+    from lean.distill_losses import LMTextDataset
+    from lean.models import load_tokenizer
+
+    tokenizer = load_tokenizer(str(tiny_llama_dir))
+    texts = [" ".join(f"word{i}" for i in range(n)) for n in (50, 3, 120)]
+    data = LMTextDataset(tokenizer, texts, max_length=16)
+    eos = tokenizer.eos_token_id
+    expected = [t for ids in tokenizer(texts, add_special_tokens=False)["input_ids"] for t in ids + [eos]]
+    flat = [t for f in data.features for t in f["input_ids"]]
+    assert flat == expected and len(expected) > 3 * 16
+    assert all(len(f["input_ids"]) == 16 for f in data.features[:-1]) and 2 <= len(data.features[-1]["input_ids"]) <= 16
+    assert all(f["attention_mask"] == [1] * len(f["input_ids"]) for f in data.features)
+
+
 # ---- bad input: one line, exit 2, nothing written -------------------------------------------
 
 def test_bad_input_is_one_line_exit_2_nothing_written(tiny_bert_dir, tiny_llama_dir, tiny_gpt2_dir, bbc_csv, tmp_path,
