@@ -224,7 +224,8 @@ def export(
     calibration_samples: int = typer.Option(128, help="Train-split texts that calibrate int8-static ranges."),
     atol: float = typer.Option(1e-4, help="fp32 gate: largest allowed |ONNX - PyTorch| logit difference."),
     max_metric_drop: float = typer.Option(1.0, help="fp16/int8 gate: most test accuracy/macro-F1 points allowed below the source."),
-    min_agreement: float = typer.Option(0.98, help="fp16/int8 gate: least share of test predictions equal to PyTorch's."),
+    min_agreement: float = typer.Option(0.98, help="fp16/int8 gate (classifiers): least share of test predictions equal to PyTorch's."),
+    max_perplexity_ratio: float = typer.Option(1.05, help="fp16/int8 gate (causal LMs): most test perplexity allowed, as a multiple of PyTorch's."),
     max_length: Optional[int] = typer.Option(None, help="Tokens per text (default: the model's training max_length, else 128)."),
     device: str = typer.Option("auto", help="Where the ONNX model is validated: auto, cpu or cuda."),
     max_eval_samples: Optional[int] = typer.Option(None, help="Validate on the first N test texts only."),
@@ -240,7 +241,8 @@ def export(
     check_output_dir(output, overwrite)
     config = ExportConfig(task=task, text_column=text_column, label_column=label_column, opset=opset, optimize=optimize,
                           fp16=fp16, quantize=quantize, calibration_samples=calibration_samples, atol=atol,
-                          max_metric_drop=max_metric_drop, min_agreement=min_agreement, max_length=max_length,
+                          max_metric_drop=max_metric_drop, min_agreement=min_agreement,
+                          max_perplexity_ratio=max_perplexity_ratio, max_length=max_length,
                           device=device, max_eval_samples=max_eval_samples, trust_remote_code=trust_remote_code)
     out = run_export(model, config, str(output), overwrite=overwrite)
     manifest = read_manifest(out)
@@ -251,6 +253,8 @@ def export(
         line += f"  test accuracy {test['accuracy']:.4f} (PyTorch {source['accuracy']:.4f})"
     if "generation_agreement" in v:
         line += f"  identical generations {v['generation_agreement']:.0%}"
+    if "perplexity" in v:
+        line += f"  test perplexity {v['perplexity']['onnx']:.3f} (PyTorch {v['perplexity']['pytorch']:.3f})"
     typer.echo(line)
 
 

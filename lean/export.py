@@ -9,7 +9,9 @@ Stages: export (optimum.exporters.onnx) -> optional graph fusions (ORTOptimizer)
 (ORTQuantizer) -> validation through `lean.runtime`, the same code that serves the model. An fp32
 export must match PyTorch logits within `atol` and agree on every prediction; fp16 and int8 must
 agree on at least `min_agreement` of the predictions and lose at most `max_metric_drop` points of
-test accuracy and macro-F1. A failed gate raises, and run_step leaves nothing behind.
+test accuracy and macro-F1; for a causal LM they must keep test perplexity within `max_perplexity_ratio`
+of PyTorch's (next-token argmax over a few prompts is recorded, not gated: it flips wherever two tokens
+are nearly tied). A failed gate raises, and run_step leaves nothing behind.
 Tests: tests/test_export.py.
 """
 
@@ -45,6 +47,7 @@ class ExportConfig:
     atol: float = 1e-4  # fp32 gate on max |logits(onnx) - logits(pytorch)|
     min_agreement: float = 0.98  # fp16/int8 gate: share of test predictions equal to PyTorch's
     max_metric_drop: float = 1.0  # fp16/int8 gate: points of accuracy / macro-F1 below the source
+    max_perplexity_ratio: float = 1.05  # fp16/int8 gate for causal LMs: test perplexity over PyTorch's
     max_length: int | None = None  # None: the source's training max_length, else 128
     device: str = "auto"  # where the ONNX model is validated: auto, cpu or cuda
     split_seed: int = 42
@@ -71,6 +74,8 @@ class ExportConfig:
             raise LeanError(f"--atol must be positive, got {self.atol}")
         if not 0 <= self.min_agreement <= 1:
             raise LeanError(f"min_agreement must be between 0 and 1, got {self.min_agreement}")
+        if not self.max_perplexity_ratio >= 1:
+            raise LeanError(f"max_perplexity_ratio must be at least 1, got {self.max_perplexity_ratio}")
         if self.max_metric_drop < 0:
             raise LeanError(f"max_metric_drop must be at least 0 points, got {self.max_metric_drop}")
         if self.max_length is not None and not 8 <= self.max_length <= 8192:
@@ -179,7 +184,7 @@ def run(source: str, config: ExportConfig, out: Path) -> dict[str, Any]:
     if kind == "classification":
         report = _validate_classifier(model, tokenizer, onnx_model, task, max_length, config)
     else:
-        report = _validate_lm(model, tokenizer, onnx_model, task, config)
+        report = _validate_lm(model, tokenizer, onnx_model, task, max_length, config)
     _gate(report, config, kind)
     onnx_files = sorted(p.name for p in out.iterdir() if p.suffix == ".onnx" or p.name.endswith(".onnx_data"))
     return {
@@ -407,10 +412,13 @@ def _label_remap(hf_config, label_names: list[str]) -> list[int]:
     return list(range(hf_config.num_labels))
 
 
-def _validate_lm(model, tokenizer, onnx_model, task, config: ExportConfig) -> dict[str, Any]:
-    """Logits on left-padded prompts (first step, empty cache), then greedy generations with the cache vs `generate`."""
+def _validate_lm(model, tokenizer, onnx_model, task, max_length: int, config: ExportConfig) -> dict[str, Any]:
+    """Logits on left-padded prompts (first step, empty cache), greedy generations with the cache vs
+    `generate`, and sliding-window perplexity of the test split's first tokens in both runtimes."""
     import numpy as np
     import torch
+
+    from lean.lm import onnx_perplexity, perplexity, token_stream
 
     n_prompts = min(8, len(task.test.texts)) if config.max_eval_samples is None else min(8, config.max_eval_samples)
     prompts = [_short(t, 4 + 3 * (i % 4)) for i, t in enumerate(task.test.texts[:n_prompts])]  # 4..13 words
@@ -443,8 +451,19 @@ def _validate_lm(model, tokenizer, onnx_model, task, config: ExportConfig) -> di
         reference.append(row[:row.index(eos)] if eos is not None and eos in row else row)
     generated = onnx_model.generate_ids(prompts, max_new_tokens=new_tokens, batch_size=len(prompts))
     same = [a == b for a, b in zip(generated, reference)]
+
+    # 4k tokens in windows of the trained context moved by half of it: ~64 windows, seconds on a CPU
+    texts = task.test.take(config.max_eval_samples).texts
+    max_tokens = 4096 if config.max_eval_samples is None else 512
+    window = min(max_length, getattr(model.config, "max_position_embeddings", None) or max_length)
+    ref_ppl = perplexity(model, tokenizer, texts, window=window, stride=max(1, window // 2), max_tokens=max_tokens,
+                         batch_size=8)
+    onnx_ppl = onnx_perplexity(onnx_model, token_stream(tokenizer, texts, max_tokens), window, max(1, window // 2), 8)
     return {
         "validation": {
+            "perplexity": {"pytorch": ref_ppl["perplexity"], "onnx": onnx_ppl["perplexity"],
+                           "ratio": round(onnx_ppl["perplexity"] / ref_ppl["perplexity"], 6),
+                           "tokens": ref_ppl["tokens"], "window": window, "split": "test"},
             "max_abs_diff": max_diff,
             "agreement": round(agree / max(total, 1), 6),  # next-token argmax on every real prompt position
             "disagreements": total - agree,
@@ -479,7 +498,12 @@ def _gate(report: dict[str, Any], config: ExportConfig, kind: str) -> None:
             raise LeanError(f"export failed validation: {'; '.join(problems)}{hint}; raise --atol only if that is acceptable")
         return
     problems = []
-    if v["agreement"] < config.min_agreement:
+    if kind == "lm":
+        ppl = v["perplexity"]
+        if ppl["ratio"] > config.max_perplexity_ratio:
+            problems.append(f"{config.precision} test perplexity {ppl['onnx']:.3f} is {ppl['ratio']:.3f}x PyTorch's "
+                            f"{ppl['pytorch']:.3f} (at most {config.max_perplexity_ratio:g}x allowed)")
+    elif v["agreement"] < config.min_agreement:
         problems.append(f"{config.precision} agrees with PyTorch on {v['agreement']:.2%} of predictions "
                         f"(at least {config.min_agreement:.0%} required)")
     if kind == "classification":

@@ -91,6 +91,60 @@ class BlockDataset:
         return {"input_ids": self.blocks[i], "attention_mask": [1] * len(self.blocks[i]), "labels": self.blocks[i]}
 
 
+def token_stream(tokenizer, texts: Sequence[str], max_tokens: int | None = None) -> list[int]:
+    """The texts' token ids joined by eos (no other special tokens), cut to `max_tokens`."""
+    eos = tokenizer.eos_token_id
+    stream: list[int] = []
+    for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]:
+        stream.extend(ids + ([eos] if eos is not None else []))
+    stream = stream[:max_tokens] if max_tokens else stream
+    if len(stream) < 2:
+        raise LeanError("the corpus has fewer than 2 tokens: nothing to score")
+    return stream
+
+
+def windows(n: int, window: int, stride: int) -> list[tuple[int, int, int]]:
+    """(begin, end, first scored position) per window over a stream of n tokens: every position but the
+    first is scored exactly once, with at least window - stride tokens of context after the first window."""
+    out, prev_end = [], 0
+    for begin in range(0, n, stride):
+        end = min(begin + window, n)
+        out.append((begin, end, max(prev_end, begin + 1)))
+        prev_end = end
+        if end == n:
+            break
+    return out
+
+
+def onnx_perplexity(model, stream: list[int], window: int, stride: int, batch_size: int) -> dict[str, Any]:
+    """`perplexity` for an ONNX causal LM (lean.runtime.OnnxModel): the same windows and right padding,
+    scored with numpy."""
+    import numpy as np
+
+    pad = model.eos_id if model.eos_id is not None else model.pad_id
+    nll_sum, n_scored = 0.0, 0
+    spans = windows(len(stream), window, stride)
+    for i in range(0, len(spans), batch_size):
+        group = spans[i:i + batch_size]
+        width = max(e - b for b, e, _ in group)
+        ids = np.full((len(group), width), pad, dtype=np.int64)
+        mask = np.zeros((len(group), width), dtype=np.int64)
+        for row, (b, e, _) in enumerate(group):
+            ids[row, :e - b], mask[row, :e - b] = stream[b:e], 1
+        logits = model.run({"input_ids": ids, "attention_mask": mask}).astype(np.float64)  # (B, T, vocab)
+        top = logits.max(-1, keepdims=True)
+        log_z = np.log(np.exp(logits - top).sum(-1)) + top[..., 0]  # (B, T)
+        for row, (b, e, first) in enumerate(group):
+            # position p predicts token p + 1; score targets first..e-1 (stream positions)
+            pos = np.arange(first - b - 1, e - b - 1)
+            targets = ids[row, pos + 1]
+            nll_sum += float((log_z[row, pos] - logits[row, pos, targets]).sum())
+            n_scored += len(pos)
+    mean = nll_sum / max(n_scored, 1)
+    return {"perplexity": round(math.exp(mean), 4), "nll": round(mean, 6), "tokens": n_scored,
+            "window": window, "stride": stride}
+
+
 def perplexity(model, tokenizer, texts: Sequence[str], window: int = 256, stride: int = 128,
                max_tokens: int | None = None, batch_size: int = 16) -> dict[str, Any]:
     """Sliding-window perplexity of the joined corpus: every token is scored once, with at least
@@ -104,26 +158,13 @@ def perplexity(model, tokenizer, texts: Sequence[str], window: int = 256, stride
     if limit and window > limit:
         raise LeanError(f"perplexity window {window} exceeds the model's context of {limit} tokens: lower it")
     eos = tokenizer.eos_token_id
-    stream: list[int] = []
-    for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]:
-        stream.extend(ids + [eos])
-    if max_tokens:
-        stream = stream[:max_tokens]
-    if len(stream) < 2:
-        raise LeanError("the corpus has fewer than 2 tokens: nothing to score")
-    # (begin, end, first scored position) per window; position 0 of the stream is never scored
-    windows, prev_end = [], 0
-    for begin in range(0, len(stream), stride):
-        end = min(begin + window, len(stream))
-        windows.append((begin, end, max(prev_end, begin + 1)))
-        prev_end = end
-        if end == len(stream):
-            break
+    stream = token_stream(tokenizer, texts, max_tokens)
+    spans = windows(len(stream), window, stride)
     device = next(model.parameters()).device
     nll_sum, n_scored = 0.0, 0
     with torch.inference_mode():
-        for i in range(0, len(windows), batch_size):
-            group = windows[i:i + batch_size]
+        for i in range(0, len(spans), batch_size):
+            group = spans[i:i + batch_size]
             width = max(e - b for b, e, _ in group)
             ids = torch.full((len(group), width), eos, dtype=torch.long)
             mask = torch.zeros((len(group), width), dtype=torch.long)

@@ -111,7 +111,7 @@ def test_pareto_front_prefers_fast_and_low_perplexity():
 
 
 def test_windows_score_every_token_once():
-    from lean.bench.lm import windows
+    from lean.lm import windows
 
     for n, window, stride in [(600, 64, 32), (10, 4, 3), (65, 64, 16), (3, 8, 2)]:  # stride < window
         scored = [p for b, e, first in windows(n, window, stride) for p in range(first, e)]

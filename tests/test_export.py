@@ -106,6 +106,22 @@ def test_quantized_gate_checks_agreement_and_metric_drop():
         _gate(report(0.90, 0.98, 0.98), config, "classification")
 
 
+def test_quantized_lm_gate_is_on_perplexity_not_on_near_tied_argmax():
+    from lean.export import ExportConfig, _gate
+
+    def report(agreement, ratio):
+        return {"validation": {"agreement": agreement, "max_abs_diff": 0.3, "disagreements": 3, "n": 55,
+                               "perplexity": {"pytorch": 100.0, "onnx": 100.0 * ratio, "ratio": ratio}}}
+
+    config = ExportConfig(quantize="int8-dynamic")
+    _gate(report(0.9455, 1.01), config, "lm")  # argmax flips where two tokens are nearly tied: recorded, not gated
+    with pytest.raises(LeanError, match=r"int8 test perplexity 110.000 is 1.100x PyTorch's 100.000 \(at most 1.05x"):
+        _gate(report(1.0, 1.10), config, "lm")
+    _gate(report(1.0, 1.10), ExportConfig(quantize="int8-dynamic", max_perplexity_ratio=1.2), "lm")
+    with pytest.raises(LeanError, match="max_perplexity_ratio must be at least 1"):
+        ExportConfig(max_perplexity_ratio=0.9)
+
+
 # ---- causal LMs -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
@@ -121,6 +137,8 @@ def test_causal_lm_export_with_kv_cache_generates_like_pytorch(arch, tiny_llama_
     v = m["validation"]
     assert m["kind"] == "lm" and m["onnx"]["optimum_task"] == "text-generation-with-past"
     assert v["max_abs_diff"] <= 1e-4 and v["generation_agreement"] == 1.0 and v["generation"]["identical"] == 4
+    # the same windows scored by onnxruntime and by PyTorch: the same perplexity
+    assert v["perplexity"]["tokens"] > 100 and v["perplexity"]["ratio"] == pytest.approx(1.0, abs=1e-4)
     model = load(out)
     assert any(n.startswith("past_key_values") for n in model.input_names)
     tok = AutoTokenizer.from_pretrained(source)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from lean.errors import LeanError
+from lean.lm import onnx_perplexity
 
 
 @dataclass
@@ -88,47 +89,6 @@ def _eos(backend) -> int | None:
 
 
 # ---- perplexity -------------------------------------------------------------------------------------------
-
-def windows(n: int, window: int, stride: int) -> list[tuple[int, int, int]]:
-    """(begin, end, first scored position) per window over a stream of n tokens, as lean.lm.perplexity."""
-    out, prev_end = [], 0
-    for begin in range(0, n, stride):
-        end = min(begin + window, n)
-        out.append((begin, end, max(prev_end, begin + 1)))
-        prev_end = end
-        if end == n:
-            break
-    return out
-
-
-def onnx_perplexity(model, stream: list[int], window: int, stride: int, batch_size: int) -> dict[str, Any]:
-    """Sliding-window perplexity with an ONNX causal LM (lean.runtime.OnnxModel): the same windows and
-    right padding as lean.lm.perplexity, scored with numpy."""
-    import numpy as np
-
-    pad = model.eos_id if model.eos_id is not None else model.pad_id
-    nll_sum, n_scored = 0.0, 0
-    spans = windows(len(stream), window, stride)
-    for i in range(0, len(spans), batch_size):
-        group = spans[i:i + batch_size]
-        width = max(e - b for b, e, _ in group)
-        ids = np.full((len(group), width), pad, dtype=np.int64)
-        mask = np.zeros((len(group), width), dtype=np.int64)
-        for row, (b, e, _) in enumerate(group):
-            ids[row, :e - b], mask[row, :e - b] = stream[b:e], 1
-        logits = model.run({"input_ids": ids, "attention_mask": mask}).astype(np.float64)  # (B, T, vocab)
-        top = logits.max(-1, keepdims=True)
-        log_z = np.log(np.exp(logits - top).sum(-1)) + top[..., 0]  # (B, T)
-        for row, (b, e, first) in enumerate(group):
-            # position p predicts token p + 1; score targets first..e-1 (stream positions)
-            pos = np.arange(first - b - 1, e - b - 1)
-            targets = ids[row, pos + 1]
-            nll_sum += float((log_z[row, pos] - logits[row, pos, targets]).sum())
-            n_scored += len(pos)
-    mean = nll_sum / max(n_scored, 1)
-    return {"perplexity": round(math.exp(mean), 4), "nll": round(mean, 6), "tokens": n_scored,
-            "window": window, "stride": stride}
-
 
 def lm_quality(backend, task, test, spec: dict[str, Any]) -> dict[str, Any]:
     """QUALITY["lm"]: perplexity of the joined test split (sliding window), PyTorch or ONNX."""
