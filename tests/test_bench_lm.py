@@ -174,3 +174,20 @@ def test_terminal_line_of_an_lm_row_shows_perplexity_and_decode_speed(lm_run):
     print_row(console, _row(results, "onnx"), results)
     line = console.file.getvalue()
     assert "onnx: perplexity " in line and "b1 decode " in line and "tok/s, TTFT" in line
+
+
+def test_terminal_table_of_an_lm_run_has_perplexity_and_decode_columns(lm_run):
+    import io
+
+    from rich.console import Console
+
+    from lean.bench.report import results_table
+
+    results, _ = lm_run
+    console = Console(file=io.StringIO(), width=250)
+    console.print(results_table(results))
+    text = console.file.getvalue()
+    assert "perplexity (×)" in text and "b1 decode tok/s (×)" in text and "b2 decode tok/s (×)" in text
+    assert "accuracy" not in text
+    onnx = _row(results, "onnx")
+    assert f"{onnx['quality']['perplexity']:.2f} (1.00×)" in text

@@ -264,19 +264,34 @@ def results_table(results: dict[str, Any]):
     """A rich Table of the run (the same columns as report.md, errors shortened)."""
     from rich.table import Table
 
+    lm = (results.get("task") or {}).get("kind") == "lm"
     cells = grid(results)
+    batches = sorted({c["batch_size"] for r in results["variants"] for c in (r.get("generation") or {}).get("cells", [])})
     table = Table(title=f"lean bench {results['suite']['name']} ({results['run']['device']}, "
                         f"{results['run']['threads']} threads; speedup over {results['baseline']})")
-    for column in ["variant", "status", "accuracy", "F1"] + [f"b{b}×{l} ms" for b, l in cells] + ["peak MB", "weights MB"]:
+    quality_columns = ["perplexity (×)"] + [f"b{b} decode tok/s (×)" for b in batches] if lm else ["accuracy", "F1"]
+    for column in ["variant", "status", *quality_columns] + [f"b{b}×{l} ms" for b, l in cells] + ["peak MB", "weights MB"]:
         table.add_column(column, justify="left" if column in ("variant", "status") else "right")
     for row in results["variants"]:
-        quality, size = row.get("quality") or {}, row.get("size") or {}
+        quality, size, ratios = row.get("quality") or {}, row.get("size") or {}, row.get("vs_baseline") or {}
         status = row["status"] if row["status"] == "ok" else f"{row['status']}: {(row.get('error') or '')[:60]}"
         peak = peak_memory_mb(row)
-        table.add_row(row["name"], status, _fmt(quality.get("accuracy")), _fmt(quality.get("macro_f1")),
-                      *[_latency_text(_cell(row, key)) for key in cells],
+        if lm:
+            gen = {c["batch_size"]: c for c in (row.get("generation") or {}).get("cells", [])}
+            values = [_with_ratio(quality.get("perplexity"), ratios.get("perplexity_ratio"), 2)]
+            values += [_with_ratio((gen.get(b) or {}).get("decode_tokens_per_s"), ratios.get(f"decode_speedup_b{b}"), 1)
+                       for b in batches]
+        else:
+            values = [_fmt(quality.get("accuracy")), _fmt(quality.get("macro_f1"))]
+        table.add_row(row["name"], status, *values, *[_latency_text(_cell(row, key)) for key in cells],
                       f"{peak:.0f}" if peak else "", f"{_mb(size['weights_bytes']):.1f}" if size.get("weights_bytes") else "")
     return table
+
+
+def _with_ratio(value: float | None, ratio: float | None, digits: int) -> str:
+    if value is None:
+        return ""
+    return f"{value:.{digits}f}" + (f" ({ratio:.2f}×)" if ratio else "")
 
 
 def print_row(console, row: dict[str, Any], results: dict[str, Any]) -> None:
