@@ -271,8 +271,12 @@ def predict(
     threads: Optional[int] = typer.Option(None, help="intra-op threads (default: physical cores)."),
     max_new_tokens: int = typer.Option(32, help="Causal LMs: tokens to generate per prompt (greedy)."),
 ):
-    """Run an exported ONNX model with onnxruntime alone (no torch): labels or generated text."""
+    """Run an exported ONNX model with onnxruntime alone (no torch): labels or generated text.
+
+    A causal LM's prompt longer than its context less --max-new-tokens keeps its last tokens, with a
+    warning on stderr."""
     import json
+    import warnings
 
     from lean.runtime import OnnxModelError, load
 
@@ -291,8 +295,12 @@ def predict(
     try:
         model = load(model_dir, provider=provider, threads=threads)
         if model.kind == "lm":
-            rows = [{"generated_text": t} for t in model.generate(inputs, max_new_tokens=max_new_tokens,
-                                                                   batch_size=batch_size, max_length=max_length)]
+            with warnings.catch_warnings(record=True) as caught:  # a truncated prompt: one line on stderr each
+                warnings.simplefilter("always")
+                rows = [{"generated_text": t} for t in model.generate(inputs, max_new_tokens=max_new_tokens,
+                                                                       batch_size=batch_size, max_length=max_length)]
+            for w in caught:
+                typer.echo(f"warning: {w.message}", err=True)
         else:
             rows = model.predict(inputs, batch_size=batch_size, max_length=max_length)
     except OnnxModelError as e:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -119,6 +120,9 @@ class OnnxModel:
         id2label = self.config.get("id2label") or {}
         self.label_names = [id2label.get(str(i), id2label.get(i, f"LABEL_{i}")) for i in range(len(id2label))]
         self.max_length = int(self.manifest.get("max_length") or _model_max_length(self.path, self.config))
+        # positions the model has: a prompt plus its new tokens must fit (causal LMs)
+        self.context_length = int(self.config.get("max_position_embeddings") or self.config.get("n_positions")
+                                  or self.max_length)
         self.pad_id, self.eos_id = _special_ids(self.path, self.tokenizer, self.config)
         self.tokenizer.no_padding()
         self.tokenizer.no_truncation()
@@ -129,15 +133,22 @@ class OnnxModel:
     # ---- classification ------------------------------------------------------------------------
 
     def encode(self, texts: Sequence[str], max_length: int | None = None, pad_to: int | None = None,
-               padding_side: str = "right") -> dict[str, np.ndarray]:
-        """Tokenize into the session's int64 inputs (B, T): padded to the longest text, or to `pad_to`."""
+               padding_side: str = "right", truncation_side: str = "right",
+               truncated: list | None = None) -> dict[str, np.ndarray]:
+        """Tokenize into the session's int64 inputs (B, T): padded to the longest text, or to `pad_to`.
+        Texts over `max_length` tokens lose their end (or, with truncation_side="left", their start);
+        pass a list as `truncated` to get back (index, tokens before truncation) of each one cut."""
         texts = _check_texts(texts)
         max_length = max_length or self.max_length
-        self.tokenizer.enable_truncation(max_length)  # counts the special tokens the post-processor adds
+        # counts the special tokens the post-processor adds
+        self.tokenizer.enable_truncation(max_length, direction=truncation_side)
         try:
             encodings = self.tokenizer.encode_batch(list(texts))
         finally:
             self.tokenizer.no_truncation()
+        if truncated is not None:
+            truncated.extend((i, len(e.ids) + sum(len(o.ids) for o in e.overflowing))
+                             for i, e in enumerate(encodings) if e.overflowing)
         length = max(pad_to or 0, max(len(e.ids) for e in encodings))
         ids = np.full((len(texts), length), self.pad_id, dtype=np.int64)
         mask = np.zeros((len(texts), length), dtype=np.int64)
@@ -194,15 +205,30 @@ class OnnxModel:
 
     def generate_ids(self, prompts: Sequence[str], max_new_tokens: int = 32, batch_size: int = 8,
                      max_length: int | None = None, stats: dict | None = None) -> list[list[int]]:
-        """Greedy new token ids per prompt (EOS excluded); prompts are left-padded in batches."""
+        """Greedy new token ids per prompt (EOS excluded); prompts are left-padded in batches.
+
+        A prompt must leave room for its new tokens in the model's context: one longer than
+        min(max_length, context - max_new_tokens) tokens keeps its last tokens (the ones the next token
+        depends on most) and a warning says so.
+        """
         if self.kind != "lm":
             raise OnnxModelError(f"'{self.path}' is a classifier: use predict(), not generate()")
         prompts = _check_texts(prompts)
         if max_new_tokens < 1:
             raise OnnxModelError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        room = self.context_length - max_new_tokens
+        if room < 1:
+            raise OnnxModelError(f"max_new_tokens {max_new_tokens} leaves no room for a prompt in the model's "
+                                 f"context of {self.context_length} tokens: lower it")
+        limit = min(max_length or room, room)
         out: list[list[int]] = []
         for start in range(0, len(prompts), batch_size):
-            feed = self.encode(prompts[start:start + batch_size], max_length=max_length, padding_side="left")
+            cut: list[tuple[int, int]] = []
+            feed = self.encode(prompts[start:start + batch_size], max_length=limit, padding_side="left",
+                               truncation_side="left", truncated=cut)
+            for i, n in cut:
+                warnings.warn(f"prompt {start + i + 1} has {n} tokens; kept its last {limit} (the model's context "
+                              f"is {self.context_length} tokens, {max_new_tokens} of them for new tokens)", stacklevel=2)
             out.extend(self._greedy(feed["input_ids"], feed["attention_mask"], max_new_tokens, stats))
         return out
 

@@ -129,6 +129,27 @@ def test_generate_matches_pytorch_generate_with_kv_cache(onnx_llama, tiny_llama_
         model.predict(["x"])
 
 
+def test_a_prompt_longer_than_the_context_keeps_its_last_tokens_with_a_warning(onnx_llama):
+    from lean.runtime import OnnxModelError, load
+
+    model = load(onnx_llama)
+    long = " ".join(["The minister said the economy grew."] * 80)
+    ids = model.tokenizer.encode(long).ids
+    room = model.context_length - 6
+    assert len(ids) > model.context_length
+    with pytest.warns(UserWarning, match=rf"prompt 1 has {len(ids)} tokens; kept its last {room} "):
+        got = model.generate_ids([long], max_new_tokens=6)
+    keep = np.asarray([ids[-room:]], dtype=np.int64)
+    assert got == model._greedy(keep, np.ones_like(keep), 6, None)
+    with pytest.raises(OnnxModelError, match="leaves no room for a prompt"):
+        model.generate_ids(["A"], max_new_tokens=model.context_length)
+
+    result = run_cli("predict", str(onnx_llama), long, "--max-new-tokens", "6")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip().startswith(f"warning: prompt 1 has {len(ids)} tokens; kept its last {room}")
+    assert len(result.stdout.splitlines()) == 1
+
+
 # ---- bad input ------------------------------------------------------------------------------------
 
 def test_bad_directories_and_inputs_raise_clear_errors(onnx_bert, tmp_path):
