@@ -443,3 +443,12 @@ def test_compare_runs_checks_quality_exactly_and_speed_ratios_within_tolerance(t
     assert "DIFF int8" in capsys.readouterr().out
     assert main([str(tmp_path / "a"), str(tmp_path / "none")]) == 2
     assert "no results.json" in capsys.readouterr().err
+
+
+def test_training_progress_eta_ignores_the_setup_before_the_first_step():
+    from lean.bench.runner import training_progress
+
+    # step 1 reported 100 s in (teacher logits cached first), then 10 steps in 5 s: 0.5 s a step
+    assert training_progress("build distill (1/1)", 1, 196, (1, 100.0), 100.0) == "build distill (1/1): 1/196 training steps"
+    assert training_progress("build distill (1/1)", 11, 196, (1, 100.0), 105.0) == \
+        "build distill (1/1): 11/196 training steps, eta 1:32"

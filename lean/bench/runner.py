@@ -279,16 +279,15 @@ class Chains:
         spec_file.write_text(json.dumps({"step": step.name, "entry": list(STEPS[step.name]), "options": options,
                                          "source": source, "out": str(out), "result": str(result_file)}, default=str))
         label = f"build {step.name} ({position})"
-        started = time.monotonic()
         self.status(label)
+        first: list[tuple[int, float]] = []  # (step, time) of the first progress line
 
         def on_line(line: str) -> None:
             parts = line.split()
             if parts[0] == "@progress" and len(parts) == 3 and parts[2] != "0":
-                done, total = int(parts[1]), int(parts[2])
-                elapsed = time.monotonic() - started
-                eta = elapsed / done * (total - done) if done else 0
-                self.status(f"{label}: {done}/{total} training steps, eta {_clock(eta)}")
+                done, total, now = int(parts[1]), int(parts[2]), time.monotonic()
+                first[:] = first or [(done, now)]
+                self.status(training_progress(label, done, total, first[0], now))
 
         code, timed_out = run_child(["-m", "lean.bench.runner", "build", str(spec_file)],
                                     self.logs / f"{safe}.{step.name}.build.log", self.build_timeout_s, on_line,
@@ -304,6 +303,14 @@ class Chains:
             raise BuildError(status, f"{step.name}: {crash_text(code, self.logs / f'{safe}.{step.name}.build.log')}")
         if not (out / "lean.json").is_file():
             raise BuildError("failed", f"{step.name} finished but wrote no {out}/lean.json")
+
+
+def training_progress(label: str, done: int, total: int, first: tuple[int, float], now: float) -> str:
+    """'label: done/total training steps, eta m:ss', the rate taken from the first reported step on: the
+    setup before it (loading, caching a teacher's logits) is no training step. No eta until a step passed."""
+    steps, elapsed = done - first[0], now - first[1]
+    eta = f", eta {_clock(elapsed / steps * (total - done))}" if steps > 0 else ""
+    return f"{label}: {done}/{total} training steps{eta}"
 
 
 def _safe(name: str) -> str:
