@@ -385,7 +385,10 @@ def bench(
     from lean.bench.report import results_table
 
     results = run_bench(suite, options, console=Console(stderr=True))
-    Console().print(results_table(results))
+    console = Console()
+    if not console.is_terminal:  # a log file or a pipe: wide enough that no figure is cut to "0.98…"
+        console = Console(width=220)
+    console.print(results_table(results))
     typer.echo(f"wrote {out}/results.json, results.csv, report.md, pareto.png")
 
 
