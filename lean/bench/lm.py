@@ -315,15 +315,11 @@ def pareto_png(results: dict[str, Any]) -> bytes:
     points, batch = pareto_points(results)
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
     if points:
-        ax.scatter([p[1] for p in points], [p[2] for p in points], color="tab:blue", zorder=3)
-        for name, x, y in points:
-            ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
-        front = sorted(pareto_front(points), key=lambda p: p[1])
-        ax.step([p[1] for p in front], [p[2] for p in front], where="pre", color="tab:red", alpha=0.7,
-                label="Pareto front", zorder=2)
         if max(p[1] for p in points) / max(min(p[1] for p in points), 1e-9) > 10:  # ONNX vs bitsandbytes on a CPU
             ax.set_xscale("log")
-        ax.legend(loc="best")
+        from lean.bench.report import draw_points
+
+        draw_points(ax, points, sorted(pareto_front(points), key=lambda p: p[1]), where="pre")
     else:
         ax.text(0.5, 0.5, "no variant measured yet", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel(f"decode tokens/s, greedy, batch {batch} (higher is better)")

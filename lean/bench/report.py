@@ -228,20 +228,38 @@ def pareto_png(results: dict[str, Any]) -> bytes:
             points.append((row["name"], cell["median_ms"], accuracy))
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
     if points:
-        ax.scatter([p[1] for p in points], [p[2] for p in points], color="tab:blue", zorder=3)
-        for name, x, y in points:
-            ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
-        front = pareto_front(points)
-        ax.step([p[1] for p in front], [p[2] for p in front], where="post", color="tab:red", alpha=0.7,
-                label="Pareto front", zorder=2)
         if max(p[1] for p in points) / max(min(p[1] for p in points), 1e-9) > 20:
             ax.set_xscale("log")
-        ax.legend(loc="best")
+        draw_points(ax, points, pareto_front(points), where="post")
     else:
         ax.text(0.5, 0.5, "no variant measured yet", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel(f"median latency, ms (batch {key[0]} × {key[1]} tokens)" if key else "median latency, ms")
     ax.set_ylabel("test accuracy")
     return finish_png(fig, ax, results, "accuracy against latency")
+
+
+def draw_points(ax, points: list[tuple[str, float, float]], front: list[tuple[str, float, float]], where: str) -> None:
+    """Scatter (name, x, y) points, ring and join the Pareto front, and label each point where its label
+    does not cover an earlier one (variants often land within a few pixels of each other)."""
+    ax.scatter([p[1] for p in points], [p[2] for p in points], color="tab:blue", zorder=3)
+    ax.scatter([p[1] for p in front], [p[2] for p in front], s=140, facecolors="none", edgecolors="tab:red",
+               linewidths=1.5, zorder=4, label="Pareto front")
+    ax.step([p[1] for p in front], [p[2] for p in front], where=where, color="tab:red", alpha=0.6, zorder=2)
+    ax.figure.canvas.draw()  # fixes the limits, so data -> pixel positions hold for the labels
+    placed: list[tuple[float, float, float, float]] = []  # label boxes in pixels
+    offsets = [(6, 5), (6, -13), (-6, 5), (-6, -13), (6, 16), (6, -24)]
+    for name, x, y in sorted(points, key=lambda p: (p[1], p[2])):
+        px, py = ax.transData.transform((x, y))
+        width, height = 5.5 * len(name), 11.0  # 8-point text at 110 dpi
+        for dx, dy in offsets:
+            left = px + dx if dx > 0 else px + dx - width
+            box = (left, py + dy, left + width, py + dy + height)
+            if not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in placed):
+                break
+        placed.append(box)
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=8,
+                    ha="left" if dx > 0 else "right")
+    ax.legend(loc="best")
 
 
 def finish_png(fig, ax, results: dict[str, Any], subject: str) -> bytes:
