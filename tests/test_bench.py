@@ -80,7 +80,8 @@ def fake_steps(tmp_path_factory):
         mp.syspath_prepend(str(folder))
         import os
 
-        mp.setenv("PYTHONPATH", os.pathsep.join([str(folder), os.environ.get("PYTHONPATH", "")]))
+        # no empty entry: "" on PYTHONPATH would put every child's working directory on sys.path
+        mp.setenv("PYTHONPATH", os.pathsep.join(p for p in [str(folder), os.environ.get("PYTHONPATH")] if p))
         mp.setitem(STEPS, "copy", ("bench_fake_steps:copy_run", "bench_fake_steps:CopyConfig"))
         mp.setitem(STEPS, "boom", ("bench_fake_steps:boom_run", "bench_fake_steps:BoomConfig"))
         yield folder
@@ -319,6 +320,9 @@ def test_report_files(tiny_run):
     image = matplotlib.image.imread(out / "pareto.png")
     assert image.shape[0] > 100 and image.shape[1] > 100
     assert (out / "logs" / "fp32.measure.log").is_file()
+    # latency was timed in turn across the loaded variants (measure.interleave, the default)
+    assert json.loads((out / "logs" / "fp32.measure.json").read_text())["interleave"] is True
+    assert not any("pending" in r for r in on_disk["variants"])
 
 
 def test_second_run_reuses_built_steps(tiny_run, monkeypatch, capsys, tmp_path):
@@ -328,7 +332,9 @@ def test_second_run_reuses_built_steps(tiny_run, monkeypatch, capsys, tmp_path):
     built = Path(copied["model_dir"])
     mtime = (built / "lean.json").stat().st_mtime_ns
 
-    second = dict(data, baseline="copied", variants={"copied": data["variants"]["copied"]})
+    # one variant after another this time (measure.interleave: false): the same figures come out
+    second = dict(data, baseline="copied", variants={"copied": data["variants"]["copied"]},
+                  measure=dict(data["measure"], interleave=False))
     suite_file = tmp_path / "again.yaml"
     suite_file.write_text(yaml.safe_dump(second))
     code, out, err = _cli(monkeypatch, capsys, "bench", str(suite_file), "-o", str(tmp_path / "run2"),
@@ -339,6 +345,8 @@ def test_second_run_reuses_built_steps(tiny_run, monkeypatch, capsys, tmp_path):
     assert counter.read_text().splitlines() == ["a"]  # the copy step did not run again
     assert (built / "lean.json").stat().st_mtime_ns == mtime
     assert again["variants"][0]["quality"]["accuracy"] == copied["quality"]["accuracy"]  # exact across runs
+    assert again["variants"][0]["latency"][0]["count"] == copied["latency"][0]["count"] == 2
+    assert json.loads((tmp_path / "run2" / "logs" / "copied.measure.json").read_text())["interleave"] is False
     assert "copied" in out and "results.json" in out  # the table and where the files are
 
 
@@ -408,10 +416,11 @@ def test_children_started_from_a_checkout_do_not_import_its_kernels_folder():
     root = Path(__file__).resolve().parent.parent
     assert (root / "kernels" / "__init__.py").is_file()
     probe = "import importlib.util; s = importlib.util.find_spec('kernels'); print(s.origin if s else None)"
-    found = subprocess.run([sys.executable, "-c", probe], cwd=root, env=child_env(None), capture_output=True,
+    env = {k: v for k, v in child_env(None).items() if k != "PYTHONPATH"}  # other tests may have set it
+    found = subprocess.run([sys.executable, "-c", probe], cwd=root, env=env, capture_output=True,
                            text=True, check=True).stdout.strip()
     assert found != str(root / "kernels" / "__init__.py")
-    plain = {k: v for k, v in child_env(None).items() if k != "PYTHONSAFEPATH"}
+    plain = {k: v for k, v in env.items() if k != "PYTHONSAFEPATH"}
     bare = subprocess.run([sys.executable, "-c", probe], cwd=root, env=plain, capture_output=True, text=True, check=True)
     assert bare.stdout.strip() == str(root / "kernels" / "__init__.py")  # what the variable prevents
 
@@ -452,3 +461,65 @@ def test_training_progress_eta_ignores_the_setup_before_the_first_step():
     assert training_progress("build distill (1/1)", 1, 196, (1, 100.0), 100.0) == "build distill (1/1): 1/196 training steps"
     assert training_progress("build distill (1/1)", 11, 196, (1, 100.0), 105.0) == \
         "build distill (1/1): 11/196 training steps, eta 1:32"
+
+
+class _FakeProcess:
+    """Stands in for a loaded measuring subprocess: answers timing requests, records who was asked when."""
+
+    def __init__(self, name, asked, seconds, log, dies_after=None, skips=()):
+        self.name, self.asked, self.seconds, self.log = name, asked, seconds, log
+        self.dies_after, self.skips, self.finished = dies_after, skips, False
+        self.proc = type("P", (), {"wait": lambda self: -11, "returncode": -11})()  # SIGSEGV, if it dies
+
+    def ask(self, line, timeout_s):
+        _, b, s, k = line.split()
+        if self.dies_after is not None and len([a for a in self.asked if a[0] == self.name]) >= self.dies_after:
+            return None
+        self.asked.append((self.name, int(b), int(s)))
+        if (int(b), int(s)) in self.skips:
+            return f"@times {b} {s} -"
+        return f"@times {b} {s} " + ",".join([str(self.seconds)] * int(k))
+
+    def finish(self, timeout_s):
+        self.finished = True
+        return 0, False
+
+    def close(self):
+        pass
+
+
+def test_interleaved_latency_takes_turns_within_each_cells_budget(tmp_path):
+    from lean.bench.runner import Pending, interleaved_latency
+    from lean.bench.suite import MeasureConfig
+
+    class Quiet:
+        def phase(self, text):
+            pass
+
+    asked: list = []
+    measure = MeasureConfig(batch_sizes=[1, 8], seq_lengths=[16], repeats=6, min_repeats=2, max_cell_s=1.0)
+    pending = []
+    for name, seconds, extra in (("slow", 0.4, {}), ("fast", 0.01, {"skips": {(8, 16)}}),
+                                 ("crashes", 0.01, {"dies_after": 2})):
+        result = tmp_path / f"{name}.json"
+        # what the subprocess saved last: "running" until it finishes
+        status = "running" if name == "crashes" else "ok"
+        result.write_text(json.dumps({"status": status, "latency": [{"batch_size": 1, "seq_length": 16}]}))
+        row = {"name": name, "status": "ok", "timing": {}, "pending": "latency"}
+        process = _FakeProcess(name, asked, seconds, tmp_path / f"{name}.log", **extra)
+        pending.append(Pending(row, process, measure, result, 60.0, 1.0))
+    interleaved_latency(pending, Quiet(), settle_s=0)
+
+    first_cell = [a[0] for a in asked if a[1] == 1]
+    # round 1 in suite order, then the order rotates; 'crashes' stops answering after 2 calls
+    assert first_cell[:3] == ["slow", "fast", "crashes"] and first_cell[3:6] == ["fast", "crashes", "slow"]
+    # slow: 0.4 s a call, so 3 calls reach max_cell_s (1 s); fast: repeats (6) at 0.01 s a call
+    assert first_cell.count("slow") == 3 and first_cell.count("fast") == 6 and first_cell.count("crashes") == 2
+    # the calls of the fast and slow variants alternate while both are measuring
+    assert first_cell[:6].count("slow") == 2 and first_cell[:6].count("fast") == 2
+    second_cell = [a[0] for a in asked if a[1] == 8]
+    assert second_cell.count("fast") == 1  # answered '-': a cell it skips, asked once
+    slow, fast, crashes = pending
+    assert slow.process.finished and fast.process.finished and not crashes.process.finished
+    assert slow.row["status"] == "ok" and "pending" not in slow.row and slow.row["latency"]
+    assert crashes.row["status"] == "failed" and "killed by SIGSEGV" in crashes.row["error"]

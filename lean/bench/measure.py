@@ -292,13 +292,10 @@ def latency_texts(texts: list[str], lengths: list[int] | None, batch_size: int, 
     return batches, {"how": how, "pool": len(pool), "of": len(texts), "distinct_batches": n_batches}
 
 
-def time_cell(forward: Callable[[Any], None], sync: Callable[[], None], batches: list, warmup: int, repeats: int,
-              min_repeats: int, max_cell_s: float | None) -> tuple[list[float], int]:
-    """Seconds per call, after `warmup` untimed calls; the device is synchronised around each timed call.
-
-    With `max_cell_s`, warm-up also stops after max_cell_s / 2 seconds (one call at least): a call
-    that takes a second is warm after the first one.
-    """
+def warm_up(forward: Callable[[Any], None], sync: Callable[[], None], batches: list, warmup: int,
+            max_cell_s: float | None) -> int:
+    """`warmup` untimed calls (fewer once they take max_cell_s / 2 seconds, one at least); -> calls made.
+    A call that takes a second is warm after the first one."""
     start, warmed = time.perf_counter(), 0
     for w in range(warmup):
         forward(batches[w % len(batches)])
@@ -306,16 +303,87 @@ def time_cell(forward: Callable[[Any], None], sync: Callable[[], None], batches:
         warmed += 1
         if max_cell_s is not None and time.perf_counter() - start >= max_cell_s / 2:
             break
+    return warmed
+
+
+def timed_call(forward: Callable[[Any], None], sync: Callable[[], None], batch) -> float:
+    """Seconds for one call, the device synchronised before the clock is read."""
+    start = time.perf_counter()
+    forward(batch)
+    sync()
+    return time.perf_counter() - start
+
+
+def time_cell(forward: Callable[[Any], None], sync: Callable[[], None], batches: list, warmup: int, repeats: int,
+              min_repeats: int, max_cell_s: float | None) -> tuple[list[float], int]:
+    """Seconds per call, after warm-up (see warm_up), up to `repeats` calls, stopping once they sum to
+    `max_cell_s` (but never before `min_repeats`)."""
+    warmed = warm_up(forward, sync, batches, warmup, max_cell_s)
     times: list[float] = []
     for r in range(repeats):
-        batch = batches[r % len(batches)]
-        start = time.perf_counter()
-        forward(batch)
-        sync()
-        times.append(time.perf_counter() - start)
+        times.append(timed_call(forward, sync, batches[r % len(batches)]))
         if max_cell_s is not None and sum(times) >= max_cell_s and len(times) >= min_repeats:
             break
     return times, warmed
+
+
+def prepare_cells(backend: Backend, test, spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every (batch, length) cell of the grid with its real input batches, tokenized once (outside any
+    timed region); a cell longer than the model takes is marked skipped."""
+    lengths = token_lengths(list(test.texts), spec.get("tokenizer_dir") or spec.get("model_dir"))
+    cells = []
+    for batch_size in spec["batch_sizes"]:
+        for seq_length in spec["seq_lengths"]:
+            cell: dict[str, Any] = {"batch_size": batch_size, "seq_length": seq_length}
+            entry: dict[str, Any] = {"cell": cell, "times": [], "warmed": None}
+            if backend.max_positions and seq_length > backend.max_positions:
+                cell["skipped"] = f"the model takes at most {backend.max_positions} tokens"
+            else:
+                n_batches = max(1, min(MAX_DISTINCT_BATCHES, spec["warmup"] + spec["repeats"]))
+                texts, entry["inputs"] = latency_texts(list(test.texts), lengths, batch_size, seq_length, n_batches)
+                entry["batches"] = [backend.prepare(b, seq_length) for b in texts]
+            cells.append(entry)
+    return cells
+
+
+def finish_cell(entry: dict[str, Any]) -> dict[str, Any]:
+    """The cell's figures from its timed calls."""
+    cell = entry["cell"]
+    if "skipped" in cell or not entry["times"]:
+        return cell
+    cell.update(percentiles(entry["times"]))
+    cell["warmup"] = entry["warmed"]
+    cell["throughput_sps"] = round(cell["batch_size"] / (cell["median_ms"] / 1000.0), 3)
+    cell["inputs"] = entry["inputs"]
+    return cell
+
+
+def serve_latency(backend: Backend, cells: list[dict[str, Any]], spec: dict[str, Any], lines) -> None:
+    """Interleaved timing: answer the harness's requests until it says "end".
+
+    "time B S K" -> K timed calls of the (B, S) cell (warmed up on its first request), answered
+    "@times B S t1,t2,..." in seconds, or "@times B S -" for a cell this variant does not measure.
+    The harness asks every loaded variant in turn, so a slow spell of a shared machine falls on all
+    of them alike instead of on whichever variant happened to be running.
+    """
+    by_key = {(e["cell"]["batch_size"], e["cell"]["seq_length"]): e for e in cells}
+    print("@ready", flush=True)
+    for line in lines:
+        words = line.split()
+        if not words or words[0] == "end":
+            break
+        batch_size, seq_length, calls = int(words[1]), int(words[2]), int(words[3])
+        entry = by_key.get((batch_size, seq_length))
+        if entry is None or "skipped" in entry["cell"]:
+            print(f"@times {batch_size} {seq_length} -", flush=True)
+            continue
+        if entry["warmed"] is None:
+            entry["warmed"] = warm_up(backend.forward, backend.sync, entry["batches"], spec["warmup"],
+                                      spec.get("max_cell_s"))
+        new = [timed_call(backend.forward, backend.sync, entry["batches"][len(entry["times"]) % len(entry["batches"])])
+               for _ in range(calls)]
+        entry["times"].extend(new)
+        print(f"@times {batch_size} {seq_length} " + ",".join(f"{t:.9f}" for t in new), flush=True)
 
 
 # ---- the measurement ------------------------------------------------------------------------------------
@@ -325,7 +393,8 @@ def measure(spec: dict[str, Any], result: dict[str, Any], save: Callable[[], Non
 
     spec: kind, model_dir, tokenizer_dir, load {attention, dtype, provider}, device, threads,
     task {spec, text_column, label_column, split_seed}, max_length, eval_batch_size, max_eval_samples,
-    batch_sizes, seq_lengths, warmup, repeats, min_repeats, max_cell_s, quality, latency.
+    batch_sizes, seq_lengths, warmup, repeats, min_repeats, max_cell_s, quality, latency, interleave
+    (latency: serve the harness's timing requests on stdin, see serve_latency).
     """
     import numpy as np  # noqa: F401  (part of the bare interpreter of every backend)
 
@@ -389,29 +458,23 @@ def measure(spec: dict[str, Any], result: dict[str, Any], save: Callable[[], Non
         save()
 
     if spec.get("latency", True):
-        lengths = token_lengths(list(test.texts), spec.get("tokenizer_dir") or spec.get("model_dir"))
-        result["latency"] = []
+        cells = prepare_cells(backend, test, spec)
         start = time.perf_counter()
-        for batch_size in spec["batch_sizes"]:
-            for seq_length in spec["seq_lengths"]:
-                cell: dict[str, Any] = {"batch_size": batch_size, "seq_length": seq_length}
-                if backend.max_positions and seq_length > backend.max_positions:
-                    cell["skipped"] = f"the model takes at most {backend.max_positions} tokens"
-                    result["latency"].append(cell)
-                    continue
-                phase(f"latency batch {batch_size} x {seq_length} tokens")
-                n_batches = max(1, min(MAX_DISTINCT_BATCHES, spec["warmup"] + spec["repeats"]))
-                texts, inputs_info = latency_texts(list(test.texts), lengths, batch_size, seq_length, n_batches)
-                batches = [backend.prepare(b, seq_length) for b in texts]  # tokenized once, outside the timed region
-                times, warmed = time_cell(backend.forward, backend.sync, batches, spec["warmup"], spec["repeats"],
-                                  spec.get("min_repeats", 1), spec.get("max_cell_s"))
-                cell.update(percentiles(times))
-                cell["warmup"] = warmed
-                cell["throughput_sps"] = round(batch_size / (cell["median_ms"] / 1000.0), 3)
-                cell["inputs"] = inputs_info
-                result["latency"].append(cell)
+        if spec.get("interleave"):
+            phase("loaded: latency waits for the other variants")
+            serve_latency(backend, cells, spec, sys.stdin)
+        else:
+            for i, entry in enumerate(cells):
+                if "skipped" not in entry["cell"]:
+                    phase(f"latency batch {entry['cell']['batch_size']} x {entry['cell']['seq_length']} tokens")
+                    entry["times"], entry["warmed"] = time_cell(
+                        backend.forward, backend.sync, entry["batches"], spec["warmup"], spec["repeats"],
+                        spec.get("min_repeats", 1), spec.get("max_cell_s"))
+                result["latency"] = [finish_cell(e) for e in cells[:i + 1]]  # a timeout keeps the cells done
                 save()
+        result["latency"] = [finish_cell(entry) for entry in cells]
         result["timing"]["latency_s"] = round(time.perf_counter() - start, 3)
+        save()
 
     result["memory"]["peak_rss_mb"] = rss_peak_mb()
     result["memory"]["model_rss_mb"] = round(result["memory"]["peak_rss_mb"] - result["memory"]["bare_rss_mb"], 1)

@@ -320,6 +320,8 @@ def print_row(console, row: dict[str, Any], results: dict[str, Any]) -> None:
     quality = row.get("quality") or {}
     cells = [c for c in row.get("latency", []) if "median_ms" in c]
     first = f", b{cells[0]['batch_size']}×{cells[0]['seq_length']} {_latency_text(cells[0])} ms" if cells else ""
+    if row.get("pending"):
+        first = ", latency timed once every variant is loaded"
     cached = sum(1 for c in row.get("chain", []) if c["cached"])
     built = len(row.get("chain", [])) - cached
     if quality.get("perplexity") is not None:  # an LM: perplexity and decode speed at the first batch size

@@ -22,6 +22,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
@@ -35,7 +36,7 @@ from typing import Any, Callable
 from lean.bench.suite import Suite, Variant, build_step_config, step_options
 from lean.errors import LeanError
 
-STATUSES = ("ok", "failed", "skipped", "timeout", "oom")
+STATUSES = ("ok", "failed", "skipped", "timeout", "oom", "interrupted")
 TRAINING_STEPS = {"finetune", "distill"}  # steps that run a transformers Trainer (their progress gives an eta)
 SCHEMA_VERSION = 1
 
@@ -130,6 +131,74 @@ def crash_text(returncode: int, log: Path) -> str:
     tail = [l for l in log.read_text(errors="replace").splitlines() if l.strip()][-1:] if log.is_file() else []
     how = f"killed by {signal.Signals(-returncode).name}" if returncode < 0 else f"exited with status {returncode}"
     return f"the subprocess {how}" + (f"; last output: {tail[0].strip()[:300]}" if tail else "")
+
+
+class MeasureProcess:
+    """A measuring subprocess that stays loaded for interleaved timing (lean.bench.measure.serve_latency):
+    '@ready' and '@times ...' lines are replies, other '@' lines go to `on_line`, the rest to `log`."""
+
+    TIMEOUT = "timeout"
+
+    def __init__(self, args: list[str], log: Path, env: dict[str, str], on_line: Callable[[str], None]):
+        self.log = log
+        self.log_file = log.open("w")
+        self.proc = subprocess.Popen([sys.executable, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True, bufsize=1,
+                                     errors="replace")
+        self.replies: queue.Queue = queue.Queue()
+        self.on_line = on_line
+        self.reader = threading.Thread(target=self._pump, daemon=True)
+        self.reader.start()
+
+    def _pump(self) -> None:
+        for line in self.proc.stdout:
+            if line.startswith(("@ready", "@times")):
+                self.replies.put(line.strip())
+            elif line.startswith("@"):
+                self.on_line(line.strip())
+            else:
+                self.log_file.write(line)
+                self.log_file.flush()
+        self.replies.put(None)  # the process closed its output: it ended
+
+    def reply(self, timeout_s: float | None) -> str | None:
+        """The next reply line; None once the process has ended; TIMEOUT (after stopping it) past timeout_s."""
+        try:
+            return self.replies.get(timeout=timeout_s)
+        except queue.Empty:
+            self.stop()
+            return self.TIMEOUT
+
+    def ask(self, line: str, timeout_s: float | None) -> str | None:
+        try:
+            self.proc.stdin.write(line + "\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            return None
+        return self.reply(timeout_s)
+
+    def finish(self, timeout_s: float | None) -> tuple[int, bool]:
+        """Say "end" and wait for the process to write its result and exit: (returncode, timed_out)."""
+        timed_out = False
+        try:
+            self.proc.stdin.write("end\n")
+            self.proc.stdin.close()
+        except (BrokenPipeError, OSError):
+            pass
+        try:
+            self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            self.stop()
+        self.close()
+        return self.proc.returncode, timed_out
+
+    def stop(self) -> None:
+        stop_child(self.proc, grace_s=5.0)
+
+    def close(self) -> None:
+        self.reader.join(timeout=5)
+        self.log_file.close()
 
 
 # ---- the build step subprocess ------------------------------------------------------------------------
@@ -410,23 +479,35 @@ def run_bench(suite: Suite, options: BenchOptions | None = None, console=None) -
             raise BuildError(e.status, f"the teacher failed to build: {e.error}") from None
         return path, key
 
+    pending: list[Pending] = []  # loaded variants whose latency is timed in turn once all are loaded
     progress.start()
     previous_term = _terminate_as_interrupt()
     try:
         for index, name in enumerate(names):
             variant = suite.variants[name]
             progress.variant(name, index)
-            row = measure_variant(suite, variant, device, threads, options, chains, teacher_dir, logs, progress)
+            row = measure_variant(suite, variant, device, threads, options, chains, teacher_dir, logs, progress, pending)
             results["variants"].append(row)
             results["run"]["steps_built"] = chains.builds
             finalize(results)
             write_reports(results, output)
             progress.done(index + 1)
             print_row(progress.console, row, results)
+        if pending:
+            progress.section(f"latency of {len(pending)} variants, timed in turn")
+            interleaved_latency(pending, progress)
+            finalize(results)
+            write_reports(results, output)
+            for p in pending:
+                print_row(progress.console, p.row, results)
     except KeyboardInterrupt:
         results["run"]["interrupted"] = True
         done = {r["name"] for r in results["variants"]}
         results["run"]["not_run"] = [n for n in names if n not in done]
+        for p in pending:
+            if p.row.pop("pending", None):  # stopped before (or while) its latency was timed
+                p.process.stop()
+                p.row.update(status="interrupted", phase="measure", error="stopped before its latency was timed")
         raise
     finally:
         if previous_term is not None:
@@ -458,8 +539,10 @@ def restore_interrupts() -> None:
 
 
 def measure_variant(suite: Suite, variant: Variant, device: str, threads: int, options: BenchOptions, chains: Chains,
-                    teacher_dir, logs: Path, progress) -> dict[str, Any]:
-    """One row: requirements, chain build, then the measuring subprocess."""
+                    teacher_dir, logs: Path, progress, pending: list["Pending"] | None = None) -> dict[str, Any]:
+    """One row: requirements, chain build, then the measuring subprocess. With `pending` (interleaved
+    latency), a subprocess that loaded and scored its variant stays alive and joins `pending`; its row
+    is completed by `interleaved_latency`."""
     from lean.models import resolve_model
 
     measure = variant.measure
@@ -509,6 +592,7 @@ def measure_variant(suite: Suite, variant: Variant, device: str, threads: int, o
         "repeats": measure.repeats, "min_repeats": measure.min_repeats, "max_cell_s": measure.max_cell_s,
         "quality": measure.quality, "latency": measure.latency,
         "perplexity": measure.perplexity, "generation": measure.generation,
+        "interleave": pending is not None and measure.interleave and measure.latency,
     }
     safe = _safe(variant.name)
     spec_file, result_file, log = logs / f"{safe}.measure.json", logs / f"{safe}.result.json", logs / f"{safe}.measure.log"
@@ -522,18 +606,40 @@ def measure_variant(suite: Suite, variant: Variant, device: str, threads: int, o
             progress.phase(f"measure: {current['phase']}")
 
     progress.phase("measure: starting")
-    code, timed_out = run_child(["-m", "lean.bench.measure", str(spec_file), str(result_file)], log, timeout_s,
-                                on_line, child_env(threads))
+    args = ["-m", "lean.bench.measure", str(spec_file), str(result_file)]
+    if not spec["interleave"]:
+        code, timed_out = run_child(args, log, timeout_s, on_line, child_env(threads))
+        return collect_row(row, result_file, log, code, timed_out, current["phase"], timeout_s, time.perf_counter() - started)
+    process = MeasureProcess(args, log, child_env(threads), on_line)
+    reply = process.reply(timeout_s)
+    if reply == "@ready":  # loaded and scored: its latency is timed in turn with the other variants
+        row["pending"] = "latency"
+        pending.append(Pending(row, process, variant.measure, result_file, timeout_s, time.perf_counter() - started))
+        collect_row(row, result_file, log, 0, False, current["phase"], timeout_s, time.perf_counter() - started, final=False)
+        return row
+    if reply == MeasureProcess.TIMEOUT:
+        process.close()
+        return collect_row(row, result_file, log, process.proc.returncode, True, current["phase"], timeout_s, time.perf_counter() - started)
+    code = process.proc.wait()
+    process.close()
+    return collect_row(row, result_file, log, code, False, current["phase"], timeout_s, time.perf_counter() - started)
+
+
+def collect_row(row: dict[str, Any], result_file: Path, log: Path, code: int, timed_out: bool, phase: str,
+                timeout_s: float, wall_s: float, final: bool = True) -> dict[str, Any]:
+    """Fill `row` from the measuring subprocess's result file and how it ended."""
     result = json.loads(result_file.read_text()) if result_file.is_file() else {}
     for key in ("quality", "generation", "latency", "memory", "size", "threads", "note"):
         if key in result:
             row[key] = result[key]
     row["timing"].update(result.get("timing", {}))
-    row["timing"]["wall_s"] = round(time.perf_counter() - started, 2)
+    row["timing"]["wall_s"] = round(wall_s, 2)
     row["log"] = str(log)
+    if not final:
+        return row
     if timed_out:
         row.update(status="timeout", phase="measure",
-                   error=f"exceeded the {timeout_s:g} s per-variant timeout during: {current['phase']}")
+                   error=f"exceeded the {timeout_s:g} s per-variant timeout during: {phase}")
     elif result.get("status") in STATUSES and result["status"] != "ok":
         row.update(status=result["status"], error=result.get("error"), phase="measure")
     elif result.get("status") != "ok":
@@ -541,6 +647,76 @@ def measure_variant(suite: Suite, variant: Variant, device: str, threads: int, o
         row.update(status=status, phase="measure", error=crash_text(code, log) + (
             " (SIGKILL without a timeout: most likely the out-of-memory killer)" if status == "oom" else ""))
     return row
+
+
+@dataclass
+class Pending:
+    """A variant loaded in its measuring subprocess, waiting for its interleaved latency."""
+
+    row: dict[str, Any]
+    process: MeasureProcess
+    measure: Any  # the variant's MeasureConfig
+    result_file: Path
+    timeout_s: float
+    load_wall_s: float  # from the variant's start to @ready
+    ended: str | None = None  # None while it answers; else why it stopped ("timeout" or "exited")
+
+    def grid(self) -> set[tuple[int, int]]:
+        return {(b, s) for b in self.measure.batch_sizes for s in self.measure.seq_lengths}
+
+    def wants_more(self, n: int, total_s: float) -> bool:
+        m = self.measure
+        return n < m.repeats and not (m.max_cell_s is not None and n >= m.min_repeats and total_s >= m.max_cell_s)
+
+
+def interleaved_latency(pending: list[Pending], progress, settle_s: float = 0.01) -> None:
+    """Time every pending variant's latency cells in rounds, one call per variant per round (the order
+    rotating each round), then let each subprocess write its result and complete its row.
+
+    A slow spell of a shared machine (seconds to tens of seconds) then lands on every variant's calls
+    alike instead of on one variant's whole measurement, so speedups agree from run to run. Between
+    two calls the harness waits `settle_s`, so the threads of the previous variant (OpenMP and
+    onnxruntime spin a little after each call) are idle before the next variant's clock starts.
+    """
+    keys: list[tuple[int, int]] = []
+    for p in pending:
+        keys += [k for b in p.measure.batch_sizes for k in ((b, s) for s in p.measure.seq_lengths) if k not in keys]
+    try:
+        for batch, length in keys:
+            taking = [p for p in pending if (batch, length) in p.grid()]
+            progress.phase(f"latency batch {batch} x {length} tokens: {len(taking)} variants in turn")
+            counts = {id(p): [0, 0.0] for p in taking}
+            turn = 0
+            while True:
+                active = [p for p in taking if p.ended is None and p.wants_more(*counts[id(p)])]
+                if not active:
+                    break
+                k = turn % len(active)
+                turn += 1
+                for p in active[k:] + active[:k]:
+                    time.sleep(settle_s)
+                    reply = p.process.ask(f"time {batch} {length} 1", p.timeout_s)
+                    if reply is None or reply == MeasureProcess.TIMEOUT:
+                        p.ended = "timeout" if reply == MeasureProcess.TIMEOUT else "exited"
+                        continue
+                    values = reply.split()[3]
+                    if values == "-":  # a cell this variant skips (longer than the model takes)
+                        taking.remove(p)
+                        continue
+                    times = [float(t) for t in values.split(",")]
+                    counts[id(p)][0] += len(times)
+                    counts[id(p)][1] += sum(times)
+    finally:
+        for p in pending:
+            if p.ended is None:
+                code, timed_out = p.process.finish(p.timeout_s)
+            else:
+                code, timed_out = p.process.proc.wait(), p.ended == "timeout"
+                p.process.close()
+            p.row.pop("pending", None)
+            collect_row(p.row, p.result_file, p.process.log, code, timed_out, "latency (interleaved)", p.timeout_s,
+                        p.load_wall_s)
+            p.row["timing"]["wall_s"] = round(p.load_wall_s + (p.row["timing"].get("latency_s") or 0), 2)
 
 
 def _base_tokenizer_dir(suite: Suite) -> str | None:
@@ -586,6 +762,13 @@ class _Progress:
             self.bar.update(self.task, description=f"{name}", phase="")
         else:
             self.console.print(f"[{index + 1}/{self.total}] {name}", highlight=False)
+
+    def section(self, text: str):
+        """A stage of the run that is no single variant (the interleaved latency)."""
+        if self.bar:
+            self.bar.update(self.task, description=text, phase="")
+        else:
+            self.console.print(text, highlight=False)
 
     def phase(self, text: str):
         if self.bar:

@@ -57,6 +57,10 @@ class MeasureConfig:
     repeats: int = 20  # timed runs per cell (at most)
     min_repeats: int = 5  # ...but at least this many, even past max_cell_s
     max_cell_s: float | None = None  # stop repeating a cell once its timed runs sum to this (None: no cap)
+    # time every variant's calls in turn, all variants loaded at once, so a slow spell of a shared machine
+    # falls on all of them alike (run-to-run ratios then agree); false: one variant after another, for
+    # models that do not fit in memory together
+    interleave: bool = True
     timeout_s: float = 900.0  # per variant: its measuring subprocess is killed past this
     build_timeout_s: float | None = None  # per step build (None: no limit; fine-tuning takes minutes)
     threads: int | None = None  # intra-op threads; None: the physical cores (fixed and recorded)
