@@ -374,6 +374,32 @@ def test_ctrl_c_leaves_finished_rows_written(tmp_path, tiny_bert_dir, bbc_csv, m
     assert (tmp_path / "out" / "report.md").is_file() and (tmp_path / "out" / "pareto.png").is_file()
 
 
+def test_ctrl_c_before_the_interleaved_latency_keeps_loaded_rows_as_interrupted(tmp_path, tiny_bert_dir, bbc_csv,
+                                                                               monkeypatch):
+    from lean.bench import runner
+
+    real, calls, processes = runner.measure_variant, [], []
+
+    def interrupt_third(suite, variant, *args):
+        calls.append(variant.name)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        row = real(suite, variant, *args)
+        processes.extend(p.process.proc for p in args[-1])
+        return row
+
+    data = _tiny_suite(tiny_bert_dir, bbc_csv, tmp_path / "c")
+    suite = parse_suite({**data, "variants": {k: data["variants"][k] for k in ("fp32", "tfidf-logreg", "slow")}})
+    monkeypatch.setattr(runner, "measure_variant", interrupt_third)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_bench(suite, runner.BenchOptions(output=tmp_path / "out", runs_dir=tmp_path / "cache", quiet=True))
+    written = json.loads((tmp_path / "out" / "results.json").read_text())
+    fp32, tfidf = written["variants"]
+    assert fp32["status"] == tfidf["status"] == "interrupted" and "latency" in fp32["error"]
+    assert fp32["quality"]["accuracy"] > 0 and "pending" not in fp32  # what it measured before stays
+    assert processes and all(proc.poll() is not None for proc in processes)  # no loaded subprocess left behind
+
+
 # ---- CLI ----------------------------------------------------------------------------------------------
 
 def _cli(monkeypatch, capsys, *args):
