@@ -91,40 +91,26 @@ def run_child(args: list[str], log: Path, timeout_s: float | None, on_line: Call
               env: dict[str, str], tick: Callable[[], None] | None = None) -> tuple[int, bool]:
     """Run `python args...` in its own process group, its output to `log`; lines starting with '@'
     go to `on_line`. Returns (returncode, timed_out); Ctrl-C stops the child and re-raises."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("w") as log_file:
-        proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                env=env, start_new_session=True, bufsize=1, errors="replace")
-
-        def pump():
-            for line in proc.stdout:
-                if line.startswith("@"):
-                    on_line(line.strip())
-                else:
-                    log_file.write(line)
-                    log_file.flush()
-
-        reader = threading.Thread(target=pump, daemon=True)
-        reader.start()
-        start, timed_out = time.monotonic(), False
-        try:
-            while proc.poll() is None:
-                if timeout_s is not None and time.monotonic() - start > timeout_s:
-                    timed_out = True
-                    stop_child(proc, grace_s=5.0)
-                    break
-                if tick:
-                    tick()
-                try:
-                    proc.wait(timeout=0.25)
-                except subprocess.TimeoutExpired:
-                    pass
-        except KeyboardInterrupt:
-            stop_child(proc)
-            raise
-        finally:
-            reader.join(timeout=5)
-    return proc.returncode, timed_out
+    child = Child(args, log, env, on_line)
+    start, timed_out = time.monotonic(), False
+    try:
+        while child.proc.poll() is None:
+            if timeout_s is not None and time.monotonic() - start > timeout_s:
+                timed_out = True
+                child.stop()
+                break
+            if tick:
+                tick()
+            try:
+                child.proc.wait(timeout=0.25)
+            except subprocess.TimeoutExpired:
+                pass
+    except KeyboardInterrupt:
+        child.stop()
+        raise
+    finally:
+        child.close()
+    return child.proc.returncode, timed_out
 
 
 def crash_text(returncode: int, log: Path) -> str:
@@ -133,14 +119,16 @@ def crash_text(returncode: int, log: Path) -> str:
     return f"the subprocess {how}" + (f"; last output: {tail[0].strip()[:300]}" if tail else "")
 
 
-class MeasureProcess:
-    """A measuring subprocess that stays loaded for interleaved timing (lean.bench.measure.serve_latency):
-    '@ready' and '@times ...' lines are replies, other '@' lines go to `on_line`, the rest to `log`."""
+class Child:
+    """`python args...` in its own process group. '@ready' and '@times ...' lines are replies (a measuring
+    subprocess that stays loaded for interleaved timing, lean.bench.measure.serve_latency), other '@'
+    lines go to `on_line`, the rest to `log`."""
 
     TIMEOUT = "timeout"
 
     def __init__(self, args: list[str], log: Path, env: dict[str, str], on_line: Callable[[str], None]):
         self.log = log
+        log.parent.mkdir(parents=True, exist_ok=True)
         self.log_file = log.open("w")
         self.proc = subprocess.Popen([sys.executable, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True, bufsize=1,
@@ -198,6 +186,11 @@ class MeasureProcess:
 
     def close(self) -> None:
         self.reader.join(timeout=5)
+        if self.proc.stdin and not self.proc.stdin.closed:
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
         self.log_file.close()
 
 
@@ -610,14 +603,14 @@ def measure_variant(suite: Suite, variant: Variant, device: str, threads: int, o
     if not spec["interleave"]:
         code, timed_out = run_child(args, log, timeout_s, on_line, child_env(threads))
         return collect_row(row, result_file, log, code, timed_out, current["phase"], timeout_s, time.perf_counter() - started)
-    process = MeasureProcess(args, log, child_env(threads), on_line)
+    process = Child(args, log, child_env(threads), on_line)
     reply = process.reply(timeout_s)
     if reply == "@ready":  # loaded and scored: its latency is timed in turn with the other variants
         row["pending"] = "latency"
         pending.append(Pending(row, process, variant.measure, result_file, timeout_s, time.perf_counter() - started))
         collect_row(row, result_file, log, 0, False, current["phase"], timeout_s, time.perf_counter() - started, final=False)
         return row
-    if reply == MeasureProcess.TIMEOUT:
+    if reply == Child.TIMEOUT:
         process.close()
         return collect_row(row, result_file, log, process.proc.returncode, True, current["phase"], timeout_s, time.perf_counter() - started)
     code = process.proc.wait()
@@ -654,7 +647,7 @@ class Pending:
     """A variant loaded in its measuring subprocess, waiting for its interleaved latency."""
 
     row: dict[str, Any]
-    process: MeasureProcess
+    process: Child
     measure: Any  # the variant's MeasureConfig
     result_file: Path
     timeout_s: float
@@ -696,8 +689,8 @@ def interleaved_latency(pending: list[Pending], progress, settle_s: float = 0.01
                 for p in active[k:] + active[:k]:
                     time.sleep(settle_s)
                     reply = p.process.ask(f"time {batch} {length} 1", p.timeout_s)
-                    if reply is None or reply == MeasureProcess.TIMEOUT:
-                        p.ended = "timeout" if reply == MeasureProcess.TIMEOUT else "exited"
+                    if reply is None or reply == Child.TIMEOUT:
+                        p.ended = "timeout" if reply == Child.TIMEOUT else "exited"
                         continue
                     values = reply.split()[3]
                     if values == "-":  # a cell this variant skips (longer than the model takes)
