@@ -186,15 +186,19 @@ def to_markdown(results: dict[str, Any]) -> str:
               "Δ acc is the difference from the baseline.",
               "- **latency** is the median of timed runs after warm-up, in milliseconds per batch, at each batch size × "
               "sequence length, on real test texts truncated to exactly that length; `(N×)` is the speedup over the "
-              "baseline in this same run. p90/p99 and the run counts are in results.json and results.csv.",
+              "baseline in this same run. p90/p99 and the run counts are in results.json and results.csv."
+              + (" Every variant was loaded at once and timed in turn, one call each per round, so a slow spell of "
+                 "the machine fell on all of them alike (`measure.interleave`)."
+                 if any((r.get("measure") or {}).get("interleave") and (r.get("measure") or {}).get("latency")
+                        and r.get("latency") for r in results["variants"]) else ""),
               "- **peak MB** is the peak resident memory of the variant's own subprocess (on CUDA: peak allocated GPU "
               "memory); results.json also gives the same interpreter's RSS before loading anything (`bare_rss_mb`), "
               "so `model_rss_mb` is what the model and its inference added.",
               "- Compare rows only within one report: absolute times depend on the machine and its load; quote the "
               "ratios. A variant that needs hardware this machine lacks is listed as skipped, with the reason.",
               "- The Pareto plot places each variant at its accuracy and its latency in the first cell "
-              f"(batch {primary_cell(results)[0] if primary_cell(results) else '-'}); the line joins the variants no "
-              "other variant beats on both."]
+              f"(batch {primary_cell(results)[0] if primary_cell(results) else '-'}); the ringed points, joined by "
+              "the line, are the variants no other variant beats on both."]
     return "\n".join(lines) + "\n"
 
 
