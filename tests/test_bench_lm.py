@@ -77,6 +77,7 @@ def test_lm_suite_measures_perplexity_and_generation(lm_run):
     assert _row(saved, "onnx")["generation"]["cells"][0]["outputs"]
     report = (out / "report.md").read_text()
     assert "## Language model" in report and "`onnx`" in report and "4/4" in report
+    assert "| accuracy |" not in report and "![perplexity against decode speed](pareto.png)" in report
     assert (out / "pareto.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -156,8 +156,9 @@ def to_markdown(results: dict[str, Any]) -> str:
                  f"built (others reused from `{run.get('runs_dir')}`); baseline `{results.get('baseline')}`"
                  + ("; **interrupted**" if run.get("interrupted") else ""))
     lines.append("")
-    header = ["variant", "status", "accuracy", "macro-F1", "Δ acc"] + [f"b{b}×{l} ms" for b, l in cells] + \
-             ["peak MB (×)", "weights MB (×)", "params"]
+    lm = task.get("kind") == "lm"  # quality is perplexity, in the language-model table below
+    header = ["variant", "status"] + ([] if lm else ["accuracy", "macro-F1", "Δ acc"]) + \
+             [f"b{b}×{l} ms" for b, l in cells] + ["peak MB (×)", "weights MB (×)", "params"]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))
     for row in results["variants"]:
@@ -168,12 +169,12 @@ def to_markdown(results: dict[str, Any]) -> str:
         weights = _mb(size.get("weights_bytes"))
         wtext = f"{weights:.1f}" + (f" ({ratios['weights_ratio']:.2f}×)" if ratios.get("weights_ratio") else "") if weights else ""
         delta = ratios.get("accuracy_delta")
-        values = [f"`{row['name']}`", row["status"], _fmt(quality.get("accuracy")), _fmt(quality.get("macro_f1")),
-                  "" if delta is None else f"{delta:+.4f}"] + \
+        values = [f"`{row['name']}`", row["status"]] + ([] if lm else [
+                  _fmt(quality.get("accuracy")), _fmt(quality.get("macro_f1")), "" if delta is None else f"{delta:+.4f}"]) + \
                  [_latency_text(_cell(row, key)) for key in cells] + \
                  [mem, wtext, f"{size['params'] / 1e6:.2f}M" if size.get("params") else ""]
         lines.append("| " + " | ".join(values) + " |")
-    if task.get("kind") == "lm":
+    if lm:
         from lean.bench.lm import lm_markdown
 
         lines += lm_markdown(results)
@@ -181,24 +182,33 @@ def to_markdown(results: dict[str, Any]) -> str:
     if problems:
         lines += ["", "Not measured:", ""]
         lines += [f"- `{r['name']}` **{r['status']}** ({r.get('phase')}): {r.get('error')}" for r in problems]
-    lines += ["", "![accuracy against latency](pareto.png)", "", "## Reading this report", "",
-              "- **accuracy / macro-F1** are on the task's full test split (the split seed is above); "
-              "Δ acc is the difference from the baseline.",
-              "- **latency** is the median of timed runs after warm-up, in milliseconds per batch, at each batch size × "
-              "sequence length, on real test texts truncated to exactly that length; `(N×)` is the speedup over the "
-              "baseline in this same run. p90/p99 and the run counts are in results.json and results.csv."
-              + (" Every variant was loaded at once and timed in turn, one call each per round, so a slow spell of "
-                 "the machine fell on all of them alike (`measure.interleave`)."
-                 if any((r.get("measure") or {}).get("interleave") and (r.get("measure") or {}).get("latency")
-                        and r.get("latency") for r in results["variants"]) else ""),
-              "- **peak MB** is the peak resident memory of the variant's own subprocess (on CUDA: peak allocated GPU "
+    interleaved = any((r.get("measure") or {}).get("interleave") and (r.get("measure") or {}).get("latency")
+                      and r.get("latency") for r in results["variants"])
+    guide = [] if lm else [
+        "- **accuracy / macro-F1** are on the task's full test split (the split seed is above); "
+        "Δ acc is the difference from the baseline."]
+    if cells:
+        guide.append("- **latency** is the median of timed runs after warm-up, in milliseconds per batch, at each batch "
+                     "size × sequence length, on real test texts truncated to exactly that length; `(N×)` is the speedup "
+                     "over the baseline in this same run. p90/p99 and the run counts are in results.json and results.csv."
+                     + (" Every variant was loaded at once and timed in turn, one call each per round, so a slow spell "
+                        "of the machine fell on all of them alike (`measure.interleave`)." if interleaved else ""))
+    guide += ["- **peak MB** is the peak resident memory of the variant's own subprocess (on CUDA: peak allocated GPU "
               "memory); results.json also gives the same interpreter's RSS before loading anything (`bare_rss_mb`), "
               "so `model_rss_mb` is what the model and its inference added.",
               "- Compare rows only within one report: absolute times depend on the machine and its load; quote the "
-              "ratios. A variant that needs hardware this machine lacks is listed as skipped, with the reason.",
-              "- The Pareto plot places each variant at its accuracy and its latency in the first cell "
-              f"(batch {primary_cell(results)[0] if primary_cell(results) else '-'}); the ringed points, joined by "
-              "the line, are the variants no other variant beats on both."]
+              "ratios. A variant that needs hardware this machine lacks is listed as skipped, with the reason."]
+    if lm:
+        plot = "perplexity against decode speed"
+        guide.append("- The Pareto plot places each variant at its test perplexity and its decode tokens/s at the "
+                     "smallest generation batch; the ringed points, joined by the line, are the variants no other "
+                     "variant beats on both.")
+    else:
+        plot = "accuracy against latency"
+        guide.append("- The Pareto plot places each variant at its accuracy and its latency in the first cell "
+                     f"(batch {primary_cell(results)[0] if primary_cell(results) else '-'}); the ringed points, joined "
+                     "by the line, are the variants no other variant beats on both.")
+    lines += ["", f"![{plot}](pareto.png)", "", "## Reading this report", "", *guide]
     return "\n".join(lines) + "\n"
 
 
