@@ -344,6 +344,6 @@ def print_row(console, row: dict[str, Any], results: dict[str, Any]) -> None:
                   if gen.get("decode_tokens_per_s") else "")
     what = f"perplexity {quality['perplexity']:.3f}" if quality.get("perplexity") is not None else \
         f"accuracy {_fmt(quality.get('accuracy'))}"
-    console.print(f"  {row['name']}: {what}{first}, peak "
-                  f"{peak_memory_mb(row) or 0:.0f} MB ({built} step(s) built, {cached} reused, "
-                  f"{row['timing'].get('wall_s', 0):.0f} s)", highlight=False)
+    peak = peak_memory_mb(row)
+    console.print(f"  {row['name']}: {what}{first}" + (f", peak {peak:.0f} MB" if peak else "")
+                  + f" ({built} step(s) built, {cached} reused, {row['timing'].get('wall_s', 0):.0f} s)", highlight=False)
