@@ -14,6 +14,7 @@ import json
 import re
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -495,7 +496,8 @@ class _FakeProcess:
     def __init__(self, name, asked, seconds, log, dies_after=None, skips=()):
         self.name, self.asked, self.seconds, self.log = name, asked, seconds, log
         self.dies_after, self.skips, self.finished = dies_after, skips, False
-        self.proc = type("P", (), {"wait": lambda self: -11, "returncode": -11})()  # SIGSEGV, if it dies
+        # SIGSEGV, if it dies; pid 0 has no /proc entry, so the idle wait is one short window
+        self.proc = type("P", (), {"wait": lambda self: -11, "returncode": -11, "pid": 0})()
 
     def ask(self, line, timeout_s):
         _, b, s, k = line.split()
@@ -534,7 +536,7 @@ def test_interleaved_latency_takes_turns_within_each_cells_budget(tmp_path):
         row = {"name": name, "status": "ok", "timing": {}, "pending": "latency"}
         process = _FakeProcess(name, asked, seconds, tmp_path / f"{name}.log", **extra)
         pending.append(Pending(row, process, measure, result, 60.0, 1.0))
-    interleaved_latency(pending, Quiet(), settle_s=0)
+    interleaved_latency(pending, Quiet())
 
     first_cell = [a[0] for a in asked if a[1] == 1]
     # round 1 in suite order, then the order rotates; 'crashes' stops answering after 2 calls
@@ -549,3 +551,23 @@ def test_interleaved_latency_takes_turns_within_each_cells_budget(tmp_path):
     assert slow.process.finished and fast.process.finished and not crashes.process.finished
     assert slow.row["status"] == "ok" and "pending" not in slow.row and slow.row["latency"]
     assert crashes.row["status"] == "failed" and "killed by SIGSEGV" in crashes.row["error"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads per-thread CPU time from Linux /proc")
+def test_wait_until_idle_waits_for_a_spinning_process_to_stop():
+    # the next variant's clock starts only once the previous one's threads stopped spinning
+    import subprocess
+
+    from lean.bench.runner import process_cpu_ns, wait_until_idle
+
+    spin = "import time\nend = time.perf_counter() + 0.4\nwhile time.perf_counter() < end: pass\ntime.sleep(30)"
+    proc = subprocess.Popen([sys.executable, "-c", spin])
+    try:
+        time.sleep(0.1)  # started and spinning
+        assert process_cpu_ns(proc.pid) > 0
+        waited = wait_until_idle(proc.pid, max_s=5.0)
+        assert 0.15 < waited < 3.0  # the spinning lasted ~0.4 s from the start
+        assert wait_until_idle(proc.pid) < 0.05  # idle now: one window
+    finally:
+        proc.kill()
+        proc.wait()

@@ -662,14 +662,37 @@ class Pending:
         return n < m.repeats and not (m.max_cell_s is not None and n >= m.min_repeats and total_s >= m.max_cell_s)
 
 
-def interleaved_latency(pending: list[Pending], progress, settle_s: float = 0.01) -> None:
+def process_cpu_ns(pid: int) -> int | None:
+    """CPU time used so far by every thread of a process (Linux /proc schedstat, ns); None elsewhere."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+        return sum(int(Path(f"/proc/{pid}/task/{t}/schedstat").read_text().split()[0]) for t in tasks)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def wait_until_idle(pid: int, window_s: float = 0.005, busy_share: float = 0.05, max_s: float = 1.0) -> float:
+    """Wait until a process uses under `busy_share` of one core over `window_s` (its worker threads stopped
+    spinning), at most `max_s`; -> seconds waited. Without /proc, waits one window."""
+    start = time.perf_counter()
+    before = process_cpu_ns(pid)
+    while True:
+        time.sleep(window_s)
+        now = process_cpu_ns(pid)
+        if before is None or now is None or now - before < busy_share * window_s * 1e9 \
+                or time.perf_counter() - start >= max_s:
+            return time.perf_counter() - start
+        before = now
+
+
+def interleaved_latency(pending: list[Pending], progress) -> None:
     """Time every pending variant's latency cells in rounds, one call per variant per round (the order
     rotating each round), then let each subprocess write its result and complete its row.
 
     A slow spell of a shared machine (seconds to tens of seconds) then lands on every variant's calls
-    alike instead of on one variant's whole measurement, so speedups agree from run to run. Between
-    two calls the harness waits `settle_s`, so the threads of the previous variant (OpenMP and
-    onnxruntime spin a little after each call) are idle before the next variant's clock starts.
+    alike instead of on one variant's whole measurement, so speedups agree from run to run. After each
+    call the harness waits until that variant's process is idle (OpenMP and onnxruntime worker threads
+    spin for a while after a call, and would otherwise run beside the next variant's timed call).
     """
     keys: list[tuple[int, int]] = []
     for p in pending:
@@ -687,8 +710,8 @@ def interleaved_latency(pending: list[Pending], progress, settle_s: float = 0.01
                 k = turn % len(active)
                 turn += 1
                 for p in active[k:] + active[:k]:
-                    time.sleep(settle_s)
                     reply = p.process.ask(f"time {batch} {length} 1", p.timeout_s)
+                    wait_until_idle(p.process.proc.pid)
                     if reply is None or reply == Child.TIMEOUT:
                         p.ended = "timeout" if reply == Child.TIMEOUT else "exited"
                         continue
