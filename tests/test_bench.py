@@ -471,6 +471,10 @@ def test_compare_runs_checks_quality_exactly_and_speed_ratios_within_tolerance(t
     slower = compare_runs(_run_results(0.97, 2.0), _run_results(0.97, 1.7))  # -15%
     assert not slower["agree"] and slower["variants"][1]["worst_speed_difference"] == pytest.approx(0.15)
     assert not compare_runs(_run_results(0.97, 2.0), _run_results(0.9701, 2.0))["agree"]  # quality must be equal
+    unfinished = _run_results(0.97, 2.0)
+    unfinished["variants"][1]["latency"] = []  # a run still timing, or stopped: no speed to agree on
+    partial = compare_runs(_run_results(0.97, 2.0), unfinished)
+    assert not partial["agree"] and partial["variants"][1]["unmatched"] == ["b1x128"]
     for name, results in (("a", _run_results(0.97, 2.0)), ("b", _run_results(0.97, 1.7))):
         (tmp_path / name).mkdir()
         (tmp_path / name / "results.json").write_text(json.dumps(results))

@@ -56,10 +56,11 @@ def compare_runs(a: dict[str, Any], b: dict[str, Any], tolerance: float = 0.10) 
         ra, rb = _speed_ratios(row), _speed_ratios(other)
         speeds = {k: (ra[k], rb[k], round(rb[k] / ra[k] - 1, 4)) for k in ra if k in rb}
         worst = max((abs(d) for _, _, d in speeds.values()), default=0.0)
-        ok = quality_equal and worst <= tolerance
+        unmatched = sorted(set(ra) ^ set(rb))  # a speed figure only one run has: nothing to agree on
+        ok = quality_equal and worst <= tolerance and not unmatched
         agree &= ok
         variants.append({"name": row["name"], "quality": quality, "quality_equal": quality_equal, "speed": speeds,
-                         "worst_speed_difference": worst, "agree": ok})
+                         "unmatched": unmatched, "worst_speed_difference": worst, "agree": ok})
     if not variants:
         raise LeanError("the runs share no variant measured in both: nothing to compare")
     return {"baseline": a.get("baseline"), "tolerance": tolerance, "agree": agree, "variants": variants}
@@ -71,7 +72,8 @@ def format_comparison(comparison: dict[str, Any]) -> str:
         quality = ", ".join(f"{k} {x:g}" + ("" if x == y else f" vs {y:g}") for k, (x, y) in v["quality"].items())
         speed = ", ".join(f"{k} {x:.2f}x/{y:.2f}x ({d:+.1%})" for k, (x, y, d) in v["speed"].items())
         lines.append(f"{'ok  ' if v['agree'] else 'DIFF'} {v['name']}: {quality or 'no quality'}"
-                     + (f"; {speed}" if speed else ""))
+                     + (f"; {speed}" if speed else "")
+                     + (f"; only one run has {', '.join(v['unmatched'])}" if v["unmatched"] else ""))
     lines.append("the runs agree" if comparison["agree"] else "the runs disagree")
     return "\n".join(lines)
 
