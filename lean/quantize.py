@@ -308,7 +308,22 @@ def _bnb_4bit(layer, config: Bnb4BitConfig, device: str):
     if bias is not None:
         q.bias = torch.nn.Parameter(bias.float().cpu(), requires_grad=False)
     q.source_cls = type(layer)
+    use_generic_bnb_cpu_kernel(q)
     return q.to(device)
+
+
+def use_generic_bnb_cpu_kernel(model) -> int:
+    """Keep bitsandbytes' 4-bit layers on its generic CPU kernel. On CPUs with AVX512-BF16, bitsandbytes
+    0.50 repacks a layer's weights for a faster kernel at its first forward; that repacking fails on
+    layers whose in_features is no multiple of the block size ("shape '[N, 0]' is invalid"), stores the
+    block scales in bf16, so a saved and reloaded model no longer gives the same logits, and makes the
+    same directory compute differently from one CPU to another. Returns how many layers were switched."""
+    switched = 0
+    for module in model.modules() if hasattr(model, "modules") else [model]:
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+            switched += 1
+    return switched
 
 
 register_handler(BnbNF4Config)(_bnb_4bit)
@@ -610,7 +625,9 @@ def _load_bnb(path, config, device):
     hf_logging.set_verbosity_error()  # transformers logs device-map notes that are noise here
     try:
         # dtype: the layers left in full precision keep their saved dtype (bitsandbytes would default them to fp16).
-        return cls.from_pretrained(str(path), device_map=device, dtype=dtype, use_safetensors=True)
+        model = cls.from_pretrained(str(path), device_map=device, dtype=dtype, use_safetensors=True)
+        use_generic_bnb_cpu_kernel(model)
+        return model
     except (OSError, ValueError) as e:
         raise LeanError(f"cannot load the quantized model '{path}': {str(e).strip().splitlines()[0]}") from None
     finally:

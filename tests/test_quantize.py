@@ -133,7 +133,34 @@ def test_bnb_directories_load_with_plain_from_pretrained(round_trips):
     assert config["quantization_config"]["llm_int8_skip_modules"] == ["classifier"]
     model = AutoModelForSequenceClassification.from_pretrained(case["dir"], device_map="cpu", dtype=torch.float32)
     assert type(model.bert.encoder.layer[0].attention.self.query).__name__ == "Linear4bit"
+    # On a CPU with AVX512-BF16, bitsandbytes would repack the weights for its fast kernel, which cannot take
+    # this tiny model's 32-wide layers (narrower than a 4-bit block of 64) and computes in bf16 block scales;
+    # lean's loader keeps the generic kernel, and a plain from_pretrained user does it with one call.
+    from lean.quantize import use_generic_bnb_cpu_kernel
+
+    use_generic_bnb_cpu_kernel(model)
     torch.testing.assert_close(_logits(model.eval(), AutoTokenizer.from_pretrained(case["dir"])), case["before_saving"], rtol=0, atol=1e-6)
+
+
+def test_4bit_layers_keep_the_generic_cpu_kernel_even_when_narrow():
+    # bitsandbytes' AVX512-BF16 repacking needs in_features % blocksize == 0; lean keeps every 4-bit layer on
+    # the generic kernel, which takes a 96-wide layer and matches the dequantized weights on any CPU
+    import bitsandbytes.functional as F
+    import torch
+
+    from lean.quantize import BnbNF4Config, quantize_, use_generic_bnb_cpu_kernel
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(96, 128), torch.nn.Linear(128, 8)).eval()
+    x = torch.randn(4, 96)
+    model = quantize_(model, BnbNF4Config(), device="cpu")
+    narrow = model[0]
+    assert type(narrow).__name__ == "Linear4bit" and narrow.support_avx512bf16_for_cpu is False
+    assert use_generic_bnb_cpu_kernel(model) == 0  # already switched when quantized
+    with torch.inference_mode():
+        reference = x @ F.dequantize_4bit(narrow.weight.data, narrow.weight.quant_state).float().T + narrow.bias
+        torch.testing.assert_close(narrow(x).float(), reference, rtol=2e-2, atol=2e-2)
+        assert model(x).shape == (4, 8)
 
 
 # ---- the methods' kernels on the CPU, sizes -----------------------------------------------------
