@@ -93,10 +93,14 @@ class BlockDataset:
 
 def token_stream(tokenizer, texts: Sequence[str], max_tokens: int | None = None) -> list[int]:
     """The texts' token ids joined by eos (no other special tokens), cut to `max_tokens`."""
-    eos = tokenizer.eos_token_id
+    return join_ids(tokenizer(list(texts), add_special_tokens=False)["input_ids"], tokenizer.eos_token_id, max_tokens)
+
+
+def join_ids(ids_per_text: Sequence[Sequence[int]], eos: int | None, max_tokens: int | None = None) -> list[int]:
+    """Token id lists joined into one stream, each followed by `eos`, cut to `max_tokens`."""
     stream: list[int] = []
-    for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]:
-        stream.extend(ids + ([eos] if eos is not None else []))
+    for ids in ids_per_text:
+        stream.extend(list(ids) + ([eos] if eos is not None else []))
     stream = stream[:max_tokens] if max_tokens else stream
     if len(stream) < 2:
         raise LeanError("the corpus has fewer than 2 tokens: nothing to score")

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from lean.errors import LeanError
-from lean.lm import onnx_perplexity
+from lean.lm import join_ids, onnx_perplexity
 
 
 @dataclass
@@ -98,13 +98,7 @@ def lm_quality(backend, task, test, spec: dict[str, Any]) -> dict[str, Any]:
     if limit and cfg.window > limit:
         raise LeanError(f"measure.perplexity.window {cfg.window} exceeds the model's context of {limit} tokens: lower it")
     if _is_onnx(backend):
-        stream: list[int] = []
-        eos = _eos(backend)
-        for ids in _token_ids(backend, texts):
-            stream.extend(ids + ([eos] if eos is not None else []))
-        stream = stream[:cfg.max_tokens] if cfg.max_tokens else stream
-        if len(stream) < 2:
-            raise LeanError("the test split has fewer than 2 tokens: nothing to score")
+        stream = join_ids(_token_ids(backend, texts), _eos(backend), cfg.max_tokens)
         out = onnx_perplexity(backend.model, stream, cfg.window, cfg.stride, cfg.batch_size)
     else:
         from lean.lm import perplexity

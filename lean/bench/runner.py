@@ -694,9 +694,9 @@ def interleaved_latency(pending: list[Pending], progress) -> None:
     call the harness waits until that variant's process is idle (OpenMP and onnxruntime worker threads
     spin for a while after a call, and would otherwise run beside the next variant's timed call).
     """
-    keys: list[tuple[int, int]] = []
+    keys: list[tuple[int, int]] = []  # every variant's cells, in suite order
     for p in pending:
-        keys += [k for b in p.measure.batch_sizes for k in ((b, s) for s in p.measure.seq_lengths) if k not in keys]
+        keys += [(b, s) for b in p.measure.batch_sizes for s in p.measure.seq_lengths if (b, s) not in keys]
     try:
         for batch, length in keys:
             taking = [p for p in pending if (batch, length) in p.grid()]
@@ -732,7 +732,8 @@ def interleaved_latency(pending: list[Pending], progress) -> None:
             p.row.pop("pending", None)
             collect_row(p.row, p.result_file, p.process.log, code, timed_out, "latency (interleaved)", p.timeout_s,
                         p.load_wall_s)
-            p.row["timing"]["wall_s"] = round(p.load_wall_s + (p.row["timing"].get("latency_s") or 0), 2)
+            timing = p.row["timing"]
+            timing["wall_s"] = round(timing["wall_s"] + (timing.get("latency_s") or 0), 2)  # the interleaved phase, whole
 
 
 def _base_tokenizer_dir(suite: Suite) -> str | None:
