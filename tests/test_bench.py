@@ -324,6 +324,12 @@ def test_report_files(tiny_run):
     # latency was timed in turn across the loaded variants (measure.interleave, the default)
     assert json.loads((out / "logs" / "fp32.measure.json").read_text())["interleave"] is True
     assert not any("pending" in r for r in on_disk["variants"])
+    # every timed call is kept by round, and the speedups over the baseline get their interval from them
+    fp32_cell, = on_disk["variants"][0]["latency"]
+    assert sum(len(v["ms"]) for v in fp32_cell["visits"]) == fp32_cell["count"] and "speedup_interval" not in fp32_cell
+    copied_cell, = _row(on_disk, "copied")["latency"]
+    low, high = copied_cell["speedup_interval"]
+    assert low <= copied_cell["speedup"] <= high
 
 
 def test_second_run_reuses_built_steps(tiny_run, monkeypatch, capsys, tmp_path):
@@ -462,8 +468,36 @@ def _run_results(acc: float, speedup: float) -> dict:
         {"name": "fp16", "status": "skipped"}]}
 
 
+def test_speedup_interval_spans_how_far_the_ratio_moved_over_the_rounds():
+    from lean.bench.report import finalize, interval_spread, speedup_interval, to_markdown
+
+    def visits(per_round):
+        return [{"round": r, "ms": ms} for r, ms in enumerate(per_round)]
+
+    steady_base, steady = visits([[10.0, 10.2, 9.9]] * 8), visits([[5.0, 5.1, 4.9]] * 8)
+    low, high = speedup_interval(steady_base, steady)
+    assert low == high == pytest.approx(10.0 / 5.0)  # the same in every round: no spread
+    # rounds 6 and 7 are a slow spell that slows the variant by half and the baseline by a tenth
+    base = visits([[10.0, 10.2, 9.9]] * 6 + [[11.0, 11.2, 10.9]] * 2)
+    mine = visits([[5.0, 5.1, 4.9]] * 6 + [[7.5, 7.6, 7.4]] * 2)
+    low, high = speedup_interval(base, mine)
+    assert low < 10.0 / 5.0 - 0.2 and high == pytest.approx(2.0, rel=0.02)
+    assert speedup_interval(base, mine) == [low, high]  # deterministic
+    assert speedup_interval(None, mine) is None and speedup_interval(base, []) is None
+
+    results = {"baseline": "a", "suite": {"name": "s"}, "run": {}, "environment": {}, "task": {}, "variants": [
+        {"name": n, "status": "ok", "config": {}, "latency": [
+            {"batch_size": 1, "seq_length": 8, "median_ms": m, "count": 24, "visits": v}]}
+        for n, m, v in (("a", 10.0, base), ("b", 5.0, mine))]}
+    finalize(results)
+    a, b = results["variants"][0]["latency"][0], results["variants"][1]["latency"][0]
+    assert "speedup_interval" not in a and b["speedup_interval"] == [low, high]
+    assert interval_spread(b) == pytest.approx(max(1 - low / 2.0, high / 2.0 - 1))
+    assert f"5.00 (2.00× ±{interval_spread(b):.0%})" in to_markdown(results)
+
+
 def test_compare_runs_checks_quality_exactly_and_speed_ratios_within_tolerance(tmp_path, capsys):
-    from lean.bench.compare import compare_runs, main
+    from lean.bench.compare import compare_runs, format_comparison, main
 
     same = compare_runs(_run_results(0.97, 2.0), _run_results(0.97, 2.15))  # +7.5%
     assert same["agree"] and [v["name"] for v in same["variants"]] == ["sdpa", "int8"]
@@ -483,6 +517,16 @@ def test_compare_runs_checks_quality_exactly_and_speed_ratios_within_tolerance(t
     assert "DIFF int8" in capsys.readouterr().out
     assert main([str(tmp_path / "a"), str(tmp_path / "none")]) == 2
     assert "no results.json" in capsys.readouterr().err
+    # a difference past the tolerance is still a disagreement, but one both runs' intervals cover is marked
+    a, b = _run_results(0.97, 2.0), _run_results(0.97, 1.7)
+    a["variants"][1]["latency"][0]["speedup_interval"] = [1.8, 2.1]
+    b["variants"][1]["latency"][0]["speedup_interval"] = [1.6, 1.85]
+    noisy = compare_runs(a, b)
+    assert not noisy["agree"] and noisy["variants"][1]["within_intervals"] == ["b1x128"]
+    text = format_comparison(noisy)
+    assert "(-15.0%*)" in text and "0 of 1 speed ratios within 10%; 1 of the 1 others (*)" in text
+    b["variants"][1]["latency"][0]["speedup_interval"] = [1.6, 1.75]
+    assert compare_runs(a, b)["variants"][1]["within_intervals"] == []
 
 
 def test_training_progress_eta_ignores_the_setup_before_the_first_step():
@@ -504,10 +548,10 @@ class _FakeProcess:
         self.proc = type("P", (), {"wait": lambda self: -11, "returncode": -11, "pid": 0})()
 
     def ask(self, line, timeout_s):
-        _, b, s, k = line.split()
+        _, b, s, k, untimed = line.split()
         if self.dies_after is not None and len([a for a in self.asked if a[0] == self.name]) >= self.dies_after:
             return None
-        self.asked.append((self.name, int(b), int(s)))
+        self.asked.append((self.name, int(b), int(s), int(k), int(untimed)))
         if (int(b), int(s)) in self.skips:
             return f"@times {b} {s} -"
         return f"@times {b} {s} " + ",".join([str(self.seconds)] * int(k))
@@ -520,7 +564,7 @@ class _FakeProcess:
         pass
 
 
-def test_interleaved_latency_takes_turns_within_each_cells_budget(tmp_path):
+def test_interleaved_latency_spreads_each_cells_calls_over_rounds_within_its_budget(tmp_path):
     from lean.bench.runner import Pending, interleaved_latency
     from lean.bench.suite import MeasureConfig
 
@@ -542,19 +586,41 @@ def test_interleaved_latency_takes_turns_within_each_cells_budget(tmp_path):
         pending.append(Pending(row, process, measure, result, 60.0, 1.0))
     interleaved_latency(pending, Quiet())
 
-    first_cell = [a[0] for a in asked if a[1] == 1]
-    # round 1 in suite order, then the order rotates; 'crashes' stops answering after 2 calls
-    assert first_cell[:3] == ["slow", "fast", "crashes"] and first_cell[3:6] == ["fast", "crashes", "slow"]
-    # slow: 0.4 s a call, so 3 calls reach max_cell_s (1 s); fast: repeats (6) at 0.01 s a call
-    assert first_cell.count("slow") == 3 and first_cell.count("fast") == 6 and first_cell.count("crashes") == 2
-    # the calls of the fast and slow variants alternate while both are measuring
-    assert first_cell[:6].count("slow") == 2 and first_cell[:6].count("fast") == 2
+    first_cell = [a for a in asked if a[1] == 1]
+    # round 1: every cell in suite order, every variant in suite order; then the order rotates.
+    # 'crashes' answered its 2 calls (one per cell) and then stopped answering.
+    assert [a[0] for a in first_cell[:5]] == ["slow", "fast", "crashes", "fast", "slow"]
+    assert [a[0] for a in asked[:6]] == ["slow", "fast", "crashes", "slow", "fast", "crashes"]
+    timed = {name: sum(a[3] for a in first_cell if a[0] == name) for name in ("slow", "fast", "crashes")}
+    # slow: 0.4 s a call, so 3 calls fill max_cell_s (1 s); fast: repeats (6) at 0.01 s a call
+    assert timed == {"slow": 3, "fast": 6, "crashes": 1}
+    # one call per visit here, so the two keep alternating while both still want calls
+    assert [a[0] for a in first_cell[3:7]] == ["fast", "slow", "slow", "fast"]
+    # a visit to a cell faster than 0.1 s a call starts with one untimed call (not the first visit)
+    assert [a[4] for a in first_cell if a[0] == "fast"] == [0, 1, 1, 1, 1, 1]
+    assert all(a[4] == 0 for a in first_cell if a[0] == "slow")
     second_cell = [a[0] for a in asked if a[1] == 8]
     assert second_cell.count("fast") == 1  # answered '-': a cell it skips, asked once
     slow, fast, crashes = pending
     assert slow.process.finished and fast.process.finished and not crashes.process.finished
     assert slow.row["status"] == "ok" and "pending" not in slow.row and slow.row["latency"]
     assert crashes.row["status"] == "failed" and "killed by SIGSEGV" in crashes.row["error"]
+
+
+def test_a_cells_calls_are_spread_over_rounds_in_shares_of_its_target():
+    from lean.bench.runner import ROUNDS, Pending
+    from lean.bench.suite import MeasureConfig
+
+    def pending(**measure):
+        return Pending({}, None, MeasureConfig(**measure), Path("r.json"), 60.0, 1.0)
+
+    p = pending(repeats=100, min_repeats=8, max_cell_s=3.0)
+    assert p.calls_now([]) == 1  # the first visit: one call after the warm-up
+    assert p.target([0.02]) == 100 and p.calls_now([0.02]) == -(-99 // ROUNDS)  # 20 ms: all 100, in 8 shares
+    assert p.target([0.1] * 5) == 30  # 3 s at 0.1 s a call
+    assert p.target([1.5, 1.6]) == 8 and p.calls_now([1.5, 1.6]) == 1  # min_repeats past max_cell_s
+    assert p.calls_now([0.02] * 99) == 1 and p.calls_now([0.02] * 100) == 0
+    assert pending(repeats=20, min_repeats=5).target([5.0]) == 20  # no max_cell_s: every repeat
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads per-thread CPU time from Linux /proc")

@@ -30,13 +30,19 @@ def load_results(path: str | Path) -> dict[str, Any]:
         raise LeanError(f"{file} is not valid JSON ({e.msg} at line {e.lineno})") from None
 
 
-def _speed_ratios(row: dict[str, Any]) -> dict[str, float]:
-    """Every speed figure of a row relative to its run's baseline (higher is faster)."""
-    out = {f"b{c['batch_size']}x{c['seq_length']}": c["speedup"] for c in row.get("latency") or [] if c.get("speedup")}
+def _speed_ratios(row: dict[str, Any]) -> dict[str, tuple[float, list[float] | None]]:
+    """Every speed figure of a row relative to its run's baseline (higher is faster), with its interval
+    when the run measured one (interleaved latency)."""
+    out = {f"b{c['batch_size']}x{c['seq_length']}": (c["speedup"], c.get("speedup_interval"))
+           for c in row.get("latency") or [] if c.get("speedup")}
     for key, value in (row.get("vs_baseline") or {}).items():
         if key.startswith("decode_speedup_b") and value:
-            out[key.replace("decode_speedup_", "decode ")] = value
+            out[key.replace("decode_speedup_", "decode ")] = (value, None)
     return out
+
+
+def _overlap(a: list[float] | None, b: list[float] | None) -> bool:
+    return bool(a and b and a[0] <= b[1] and b[0] <= a[1])
 
 
 def compare_runs(a: dict[str, Any], b: dict[str, Any], tolerance: float = 0.10) -> dict[str, Any]:
@@ -54,13 +60,19 @@ def compare_runs(a: dict[str, Any], b: dict[str, Any], tolerance: float = 0.10) 
         quality = {k: (qa[k], qb[k]) for k in QUALITY_KEYS if k in qa and k in qb}
         quality_equal = all(x == y for x, y in quality.values())
         ra, rb = _speed_ratios(row), _speed_ratios(other)
-        speeds = {k: (ra[k], rb[k], round(rb[k] / ra[k] - 1, 4)) for k in ra if k in rb}
+        speeds = {k: (ra[k][0], rb[k][0], round(rb[k][0] / ra[k][0] - 1, 4)) for k in ra if k in rb}
+        # a difference past the tolerance that both runs' own intervals cover: the machine's speed moved
+        within_intervals = sorted(k for k, (_, _, d) in speeds.items()
+                                  if abs(d) > tolerance and _overlap(ra[k][1], rb[k][1]))
         worst = max((abs(d) for _, _, d in speeds.values()), default=0.0)
         unmatched = sorted(set(ra) ^ set(rb))  # a speed figure only one run has: nothing to agree on
         ok = quality_equal and worst <= tolerance and not unmatched
         agree &= ok
+        with_intervals = sum(1 for k in speeds if ra[k][1] and rb[k][1])
         variants.append({"name": row["name"], "quality": quality, "quality_equal": quality_equal, "speed": speeds,
-                         "unmatched": unmatched, "worst_speed_difference": worst, "agree": ok})
+                         "with_intervals": with_intervals,
+                         "unmatched": unmatched, "worst_speed_difference": worst, "agree": ok,
+                         "within_intervals": within_intervals})
     if not variants:
         raise LeanError("the runs share no variant measured in both: nothing to compare")
     return {"baseline": a.get("baseline"), "tolerance": tolerance, "agree": agree, "variants": variants}
@@ -70,10 +82,21 @@ def format_comparison(comparison: dict[str, Any]) -> str:
     lines = [f"baseline {comparison['baseline']}; speed ratios must agree within {comparison['tolerance']:.0%}"]
     for v in comparison["variants"]:
         quality = ", ".join(f"{k} {x:g}" + ("" if x == y else f" vs {y:g}") for k, (x, y) in v["quality"].items())
-        speed = ", ".join(f"{k} {x:.2f}x/{y:.2f}x ({d:+.1%})" for k, (x, y, d) in v["speed"].items())
+        speed = ", ".join(f"{k} {x:.2f}x/{y:.2f}x ({d:+.1%}{'*' if k in v['within_intervals'] else ''})"
+                          for k, (x, y, d) in v["speed"].items())
         lines.append(f"{'ok  ' if v['agree'] else 'DIFF'} {v['name']}: {quality or 'no quality'}"
                      + (f"; {speed}" if speed else "")
                      + (f"; only one run has {', '.join(v['unmatched'])}" if v["unmatched"] else ""))
+    speeds = [d for v in comparison["variants"] if v["name"] != comparison["baseline"] for _, _, d in v["speed"].values()]
+    outside = [d for d in speeds if abs(d) > comparison["tolerance"]]
+    covered = sum(len(v["within_intervals"]) for v in comparison["variants"])
+    intervals = any(v["with_intervals"] for v in comparison["variants"])
+    if speeds:
+        lines.append(f"{len(speeds) - len(outside)} of {len(speeds)} speed ratios within "
+                     f"{comparison['tolerance']:.0%}" + (f"; {covered} of the {len(outside)} others (*) have "
+                                                         "overlapping 90% intervals: the ratio moved that much within "
+                                                         "a run, as the machine's speed changed"
+                                                         if outside and intervals else ""))
     lines.append("the runs agree" if comparison["agree"] else "the runs disagree")
     return "\n".join(lines)
 

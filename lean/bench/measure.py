@@ -361,8 +361,9 @@ def finish_cell(entry: dict[str, Any]) -> dict[str, Any]:
 def serve_latency(backend: Backend, cells: list[dict[str, Any]], spec: dict[str, Any], lines) -> None:
     """Interleaved timing: answer the harness's requests until it says "end".
 
-    "time B S K" -> K timed calls of the (B, S) cell (warmed up on its first request), answered
-    "@times B S t1,t2,..." in seconds, or "@times B S -" for a cell this variant does not measure.
+    "time B S K [U]" -> U untimed calls (default 0), then K timed calls of the (B, S) cell (warmed up
+    on its first request), answered "@times B S t1,t2,..." in seconds, or "@times B S -" for a cell
+    this variant does not measure.
     The harness asks every loaded variant in turn, so a slow spell of a shared machine falls on all
     of them alike instead of on whichever variant happened to be running.
     """
@@ -373,6 +374,7 @@ def serve_latency(backend: Backend, cells: list[dict[str, Any]], spec: dict[str,
         if not words or words[0] == "end":
             break
         batch_size, seq_length, calls = int(words[1]), int(words[2]), int(words[3])
+        untimed = int(words[4]) if len(words) > 4 else 0
         entry = by_key.get((batch_size, seq_length))
         if entry is None or "skipped" in entry["cell"]:
             print(f"@times {batch_size} {seq_length} -", flush=True)
@@ -380,6 +382,9 @@ def serve_latency(backend: Backend, cells: list[dict[str, Any]], spec: dict[str,
         if entry["warmed"] is None:
             entry["warmed"] = warm_up(backend.forward, backend.sync, entry["batches"], spec["warmup"],
                                       spec.get("max_cell_s"))
+        for u in range(untimed):
+            backend.forward(entry["batches"][u % len(entry["batches"])])
+            backend.sync()
         new = [timed_call(backend.forward, backend.sync, entry["batches"][len(entry["times"]) % len(entry["batches"])])
                for _ in range(calls)]
         entry["times"].extend(new)

@@ -14,6 +14,8 @@ import csv
 import io
 import json
 import os
+import random
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,36 @@ def peak_memory_mb(row: dict[str, Any]) -> float | None:
     return memory.get("cuda_peak_mb") if memory.get("cuda_peak_mb") is not None else memory.get("peak_rss_mb")
 
 
+def speedup_interval(base: list[dict] | None, mine: list[dict] | None, resamples: int = 400,
+                     level: float = 0.90) -> list[float] | None:
+    """A bootstrap interval of the speedup (ratio of medians) over the interleaved rounds: resample the
+    rounds with replacement, keep both variants' calls from the rounds drawn, take the ratio of their
+    medians; -> [low, high] holding `level` of the ratios. Its width is how far the ratio moved with the
+    machine's speed during the run (a slow spell hitting the two unequally). Deterministic (fixed seed).
+    None without rounds from both (latency not interleaved)."""
+    if not base or not mine:
+        return None
+    by_round: dict[int, tuple[list[float], list[float]]] = {}
+    for visit in base:
+        by_round.setdefault(visit["round"], ([], []))[0].extend(visit["ms"])
+    for visit in mine:
+        by_round.setdefault(visit["round"], ([], []))[1].extend(visit["ms"])
+    rounds = list(by_round.values())
+    rng = random.Random(0)
+    ratios = []
+    for _ in range(resamples):
+        drawn = [rounds[rng.randrange(len(rounds))] for _ in rounds]
+        b = [t for r in drawn for t in r[0]]
+        m = [t for r in drawn for t in r[1]]
+        if b and m:
+            ratios.append(statistics.median(b) / statistics.median(m))
+    if len(ratios) < resamples // 2:
+        return None
+    ratios.sort()
+    tail = (1 - level) / 2
+    return [round(ratios[int(tail * (len(ratios) - 1))], 4), round(ratios[int((1 - tail) * (len(ratios) - 1))], 4)]
+
+
 def finalize(results: dict[str, Any]) -> dict[str, Any]:
     """Add ratios against the baseline to every measured row (in place; recomputed on every call)."""
     base = _row(results, results.get("baseline"))
@@ -42,6 +74,11 @@ def finalize(results: dict[str, Any]) -> dict[str, Any]:
         for cell in row.get("latency", []):
             ref = base_cells.get((cell["batch_size"], cell["seq_length"])) if base_ok else None
             cell["speedup"] = round(ref["median_ms"] / cell["median_ms"], 4) if ref and cell.get("median_ms") else None
+            interval = speedup_interval(ref.get("visits"), cell.get("visits")) if cell["speedup"] and row is not base else None
+            if interval:
+                cell["speedup_interval"] = interval
+            else:
+                cell.pop("speedup_interval", None)
         ratios: dict[str, Any] = {}
         if base_ok and row.get("status") == "ok":
             mine, theirs = peak_memory_mb(row), peak_memory_mb(base)
@@ -138,8 +175,21 @@ def _fmt(value, digits: int = 4) -> str:
 def _latency_text(cell: dict[str, Any] | None) -> str:
     if cell is None:
         return "–"
-    speed = f" ({cell['speedup']:.2f}×)" if cell.get("speedup") else ""
+    speed = f" ({cell['speedup']:.2f}×{_spread_text(cell)})" if cell.get("speedup") else ""
     return f"{cell['median_ms']:.2f}{speed}"
+
+
+def interval_spread(cell: dict[str, Any]) -> float | None:
+    """How far the speedup's interval reaches from the speedup, relative (0.08 = ±8%); None without one."""
+    interval, speedup = cell.get("speedup_interval"), cell.get("speedup")
+    if not interval or not speedup:
+        return None
+    return max(abs(interval[0] / speedup - 1), abs(interval[1] / speedup - 1))
+
+
+def _spread_text(cell: dict[str, Any]) -> str:
+    spread = interval_spread(cell)
+    return "" if spread is None else f" ±{spread:.0%}"
 
 
 def to_markdown(results: dict[str, Any]) -> str:
@@ -191,8 +241,11 @@ def to_markdown(results: dict[str, Any]) -> str:
         guide.append("- **latency** is the median of timed runs after warm-up, in milliseconds per batch, at each batch "
                      "size × sequence length, on real test texts truncated to exactly that length; `(N×)` is the speedup "
                      "over the baseline in this same run. p90/p99 and the run counts are in results.json and results.csv."
-                     + (" Every variant was loaded at once and timed in turn, one call each per round, so a slow spell "
-                        "of the machine fell on all of them alike (`measure.interleave`)." if interleaved else ""))
+                     + (" Every variant was loaded at once and timed in turn, round after round, each cell's calls "
+                        "spread over the whole phase, so a slow spell of the machine fell on all of them alike "
+                        "(`measure.interleave`). `±N%` bounds the 90% bootstrap interval of the speedup over those "
+                        "rounds: how far the ratio moved while the machine's speed changed during the run. A wide "
+                        "one says a second run may well differ by that much." if interleaved else ""))
     guide += ["- **peak MB** is the peak resident memory of the variant's own subprocess (on CUDA: peak allocated GPU "
               "memory); results.json also gives the same interpreter's RSS before loading anything (`bare_rss_mb`), "
               "so `model_rss_mb` is what the model and its inference added.",

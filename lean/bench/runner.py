@@ -21,9 +21,11 @@ import dataclasses
 import hashlib
 import importlib.util
 import json
+import math
 import os
 import queue
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -642,6 +644,10 @@ def collect_row(row: dict[str, Any], result_file: Path, log: Path, code: int, ti
     return row
 
 
+ROUNDS = 8  # the interleaved latency spreads each cell's timed calls over this many rounds (after the first)
+REWARM_BELOW_S = 0.1  # a visit to a cell faster than this starts with one untimed call (see interleaved_latency)
+
+
 @dataclass
 class Pending:
     """A variant loaded in its measuring subprocess, waiting for its interleaved latency."""
@@ -657,9 +663,21 @@ class Pending:
     def grid(self) -> set[tuple[int, int]]:
         return {(b, s) for b in self.measure.batch_sizes for s in self.measure.seq_lengths}
 
-    def wants_more(self, n: int, total_s: float) -> bool:
+    def target(self, times: list[float]) -> int:
+        """Timed calls this cell gets: `repeats`, fewer when they would take more than `max_cell_s` at
+        the median so far, never fewer than `min_repeats`."""
         m = self.measure
-        return n < m.repeats and not (m.max_cell_s is not None and n >= m.min_repeats and total_s >= m.max_cell_s)
+        if m.max_cell_s is None or not times:
+            return m.repeats
+        return min(m.repeats, max(m.min_repeats, math.ceil(m.max_cell_s / statistics.median(times))))
+
+    def calls_now(self, times: list[float]) -> int:
+        """Calls to ask for in this round: one in the first (after the warm-up), then a ROUNDS-th share
+        of the cell's target, so its calls spread over the whole interleaved phase."""
+        if not times:
+            return 1
+        target = self.target(times)
+        return max(0, min(target - len(times), math.ceil((target - 1) / ROUNDS)))
 
 
 def process_cpu_ns(pid: int) -> int | None:
@@ -686,42 +704,59 @@ def wait_until_idle(pid: int, window_s: float = 0.005, busy_share: float = 0.05,
 
 
 def interleaved_latency(pending: list[Pending], progress) -> None:
-    """Time every pending variant's latency cells in rounds, one call per variant per round (the order
-    rotating each round), then let each subprocess write its result and complete its row.
+    """Time every pending variant's latency cells in rounds, then let each subprocess write its result
+    and complete its row.
 
-    A slow spell of a shared machine (seconds to tens of seconds) then lands on every variant's calls
-    alike instead of on one variant's whole measurement, so speedups agree from run to run. After each
-    call the harness waits until that variant's process is idle (OpenMP and onnxruntime worker threads
-    spin for a while after a call, and would otherwise run beside the next variant's timed call).
+    A round visits every cell and, within a cell, every variant (the order rotating each round); each
+    visit is a few back-to-back calls (one in the first round, after the warm-up; then a ROUNDS-th of
+    the cell's calls). So each cell's calls spread over the whole phase: a slow spell of a shared
+    machine (seconds to tens of seconds) lands on a small share of every variant's calls in every
+    cell, and the medians and their ratios hold from run to run. A visit to a cell whose calls take
+    under REWARM_BELOW_S starts with one untimed call: after the other variants ran, the first call
+    finds cold caches and sleeping threads, which costs little beside 0.1 s but a lot beside 1 ms, so
+    every timed call is one of a steady stream. After each visit the harness waits until that
+    variant's process is idle (OpenMP and onnxruntime worker threads spin for a while after a call,
+    and would otherwise run beside the next variant's timed call).
     """
     keys: list[tuple[int, int]] = []  # every variant's cells, in suite order
     for p in pending:
         keys += [(b, s) for b in p.measure.batch_sizes for s in p.measure.seq_lengths if (b, s) not in keys]
+    times: dict[tuple[int, tuple[int, int]], list[float]] = {(id(p), k): [] for p in pending for k in p.grid()}
+    visits: dict[tuple[int, tuple[int, int]], list[dict[str, Any]]] = {key: [] for key in times}  # per round
+    skipped: set[tuple[int, tuple[int, int]]] = set()  # cells a variant answered '-' (longer than it takes)
+    by_id = {id(p): p for p in pending}
     try:
-        for batch, length in keys:
-            taking = [p for p in pending if (batch, length) in p.grid()]
-            progress.phase(f"latency batch {batch} x {length} tokens: {len(taking)} variants in turn")
-            counts = {id(p): [0, 0.0] for p in taking}
-            turn = 0
-            while True:
-                active = [p for p in taking if p.ended is None and p.wants_more(*counts[id(p)])]
-                if not active:
-                    break
-                k = turn % len(active)
-                turn += 1
-                for p in active[k:] + active[:k]:
-                    reply = p.process.ask(f"time {batch} {length} 1", p.timeout_s)
+        for round_ in range(10**9):
+            left = sum(by_id[pid].target(cell) - len(cell) for (pid, key), cell in times.items()
+                       if by_id[pid].ended is None and (pid, key) not in skipped)
+            if left <= 0:
+                break
+            progress.phase(f"latency round {round_ + 1}: every cell, {len(pending)} variants in turn, "
+                           f"about {left} timed calls to go")
+            for batch, length in keys:
+                taking = [p for p in pending if p.ended is None and (batch, length) in p.grid()
+                          and (id(p), (batch, length)) not in skipped]
+                if not taking:
+                    continue
+                k = round_ % len(taking)
+                for p in taking[k:] + taking[:k]:
+                    cell = times[id(p), (batch, length)]
+                    calls = p.calls_now(cell)
+                    if not calls:
+                        continue
+                    rewarm = int(bool(cell) and statistics.median(cell) < REWARM_BELOW_S)
+                    reply = p.process.ask(f"time {batch} {length} {calls} {rewarm}", p.timeout_s)
                     wait_until_idle(p.process.proc.pid)
                     if reply is None or reply == Child.TIMEOUT:
                         p.ended = "timeout" if reply == Child.TIMEOUT else "exited"
                         continue
                     values = reply.split()[3]
                     if values == "-":  # a cell this variant skips (longer than the model takes)
-                        taking.remove(p)
+                        skipped.add((id(p), (batch, length)))
                         continue
-                    times = [float(t) for t in values.split(",")]
-                    counts[id(p)][0] += len(times)
-                    counts[id(p)][1] += sum(times)
+                    new = [float(t) for t in values.split(",")]
+                    cell += new
+                    visits[id(p), (batch, length)].append({"round": round_, "ms": [round(t * 1000, 4) for t in new]})
     finally:
         for p in pending:
             if p.ended is None:
@@ -734,6 +769,10 @@ def interleaved_latency(pending: list[Pending], progress) -> None:
                         p.load_wall_s)
             timing = p.row["timing"]
             timing["wall_s"] = round(timing["wall_s"] + (timing.get("latency_s") or 0), 2)  # the interleaved phase, whole
+            for cell in p.row.get("latency") or []:  # every timed call by round: the speedup's interval
+                mine = visits.get((id(p), (cell["batch_size"], cell["seq_length"])))
+                if mine and "median_ms" in cell:
+                    cell["visits"] = mine
 
 
 def _base_tokenizer_dir(suite: Suite) -> str | None:
