@@ -528,6 +528,15 @@ def test_compare_runs_checks_quality_exactly_and_speed_ratios_within_tolerance(t
     b["variants"][1]["latency"][0]["speedup_interval"] = [1.6, 1.75]
     assert compare_runs(a, b)["variants"][1]["within_intervals"] == []
 
+    # --rounds: one run's cells round by round; a run without per-round timings is a one-line error
+    a["variants"][1]["latency"][0]["visits"] = [{"round": 0, "ms": [25.0]}, {"round": 1, "ms": [24.0, 26.0, 40.0]}]
+    (tmp_path / "a" / "results.json").write_text(json.dumps(a))
+    assert main(["--rounds", str(tmp_path / "a")]) == 0
+    assert "int8 b1x128: 25 26" in capsys.readouterr().out
+    assert main(["--rounds", str(tmp_path / "b")]) == 2
+    assert "no per-round timings" in capsys.readouterr().err
+    assert main([str(tmp_path / "a")]) == 2 and "two run directories" in capsys.readouterr().err
+
 
 def test_training_progress_eta_ignores_the_setup_before_the_first_step():
     from lean.bench.runner import training_progress

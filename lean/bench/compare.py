@@ -2,9 +2,12 @@
 baseline within a tolerance (absolute times differ between machines and days; ratios should not).
 
     python -m lean.bench.compare RUN_A RUN_B [--tolerance 0.10]
+    python -m lean.bench.compare --rounds RUN
 
 RUN_A and RUN_B are run directories (or their results.json). Prints one line per variant and a
-verdict; exits 1 when they disagree, 2 on bad input. Tests: tests/test_bench.py.
+verdict; exits 1 when they disagree, 2 on bad input. `--rounds` prints one run's latency round by
+round (the median of each visit's calls), where a slow spell of the machine shows as a stretch of
+slower rounds. Tests: tests/test_bench.py.
 """
 
 from __future__ import annotations
@@ -101,15 +104,38 @@ def format_comparison(comparison: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def format_rounds(results: dict[str, Any]) -> str:
+    """Each variant's latency cells round by round: the median ms of the calls of each visit."""
+    import statistics
+
+    lines = ["median ms of each round's calls, round 1 first (interleaved latency)"]
+    for row in results.get("variants", []):
+        for cell in row.get("latency") or []:
+            if cell.get("visits"):
+                values = " ".join(f"{statistics.median(v['ms']):.4g}" for v in cell["visits"])
+                lines.append(f"{row['name']} b{cell['batch_size']}x{cell['seq_length']}: {values}")
+    if len(lines) == 1:
+        raise LeanError("the run has no per-round timings: its latency was not interleaved (or it is older)")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m lean.bench.compare", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_a")
-    parser.add_argument("run_b")
+    parser.add_argument("run_b", nargs="?")
     parser.add_argument("--tolerance", type=float, default=0.10, help="relative difference allowed in speed ratios")
+    parser.add_argument("--rounds", action="store_true", help="print one run's latency round by round instead")
     args = parser.parse_args(argv)
     try:
+        if args.rounds:
+            if args.run_b:
+                raise LeanError("--rounds takes one run directory")
+            print(format_rounds(load_results(args.run_a)))
+            return 0
+        if not args.run_b:
+            raise LeanError("pass two run directories to compare (or --rounds and one run)")
         if not 0 < args.tolerance < 1:
             raise LeanError(f"--tolerance must be between 0 and 1, got {args.tolerance}")
         comparison = compare_runs(load_results(args.run_a), load_results(args.run_b), args.tolerance)
