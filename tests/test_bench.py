@@ -11,6 +11,7 @@ written to a temp dir, so the build subprocesses can import them too.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 import textwrap
@@ -252,6 +253,14 @@ def test_time_cell_warms_up_then_repeats_within_the_cell_budget():
     times, warmed = time_cell(forward, lambda: None, ["a"], warmup=10, repeats=50, min_repeats=3, max_cell_s=0.05)
     assert warmed in (1, 2) and len(times) == 3  # warm-up stops at max_cell_s / 2; timing at max_cell_s, 3 runs at least
 
+    def slow_forward(batch):
+        calls.append(batch)
+        time.sleep(0.1)
+
+    calls.clear()
+    times, warmed = time_cell(slow_forward, lambda: None, ["a"], warmup=3, repeats=2, min_repeats=2, max_cell_s=None)
+    assert warmed == 1 and len(calls) == 3  # a call of 0.1 s or more: warm after one
+
 
 # ---- a whole run --------------------------------------------------------------------------------------
 
@@ -324,9 +333,14 @@ def test_report_files(tiny_run):
     # latency was timed in turn across the loaded variants (measure.interleave, the default)
     assert json.loads((out / "logs" / "fp32.measure.json").read_text())["interleave"] is True
     assert not any("pending" in r for r in on_disk["variants"])
-    # every timed call is kept by round, and the speedups over the baseline get their interval from them
+    # every timed call is kept by round; the figures come from the quiet rounds' calls (all of them when
+    # no round was set aside), and the speedups over the baseline get their interval from those rounds
     fp32_cell, = on_disk["variants"][0]["latency"]
-    assert sum(len(v["ms"]) for v in fp32_cell["visits"]) == fp32_cell["count"] and "speedup_interval" not in fp32_cell
+    quiet = [v for v in fp32_cell["visits"] if v["quiet"]]
+    assert sum(len(v["ms"]) for v in quiet) == fp32_cell["count"] and "speedup_interval" not in fp32_cell
+    assert fp32_cell["rounds"] == {"quiet": len(quiet), "of": len(fp32_cell["visits"])}
+    assert fp32_cell.get("all_rounds", {"count": fp32_cell["count"]})["count"] == \
+        sum(len(v["ms"]) for v in fp32_cell["visits"])
     copied_cell, = _row(on_disk, "copied")["latency"]
     low, high = copied_cell["speedup_interval"]
     assert low <= copied_cell["speedup"] <= high
@@ -339,9 +353,10 @@ def test_second_run_reuses_built_steps(tiny_run, monkeypatch, capsys, tmp_path):
     built = Path(copied["model_dir"])
     mtime = (built / "lean.json").stat().st_mtime_ns
 
-    # one variant after another this time (measure.interleave: false): the same figures come out
+    # one variant after another this time (measure.interleave: false), with glibc's own malloc settings
+    # (measure.reuse_memory: false): the same figures come out
     second = dict(data, baseline="copied", variants={"copied": data["variants"]["copied"]},
-                  measure=dict(data["measure"], interleave=False))
+                  measure=dict(data["measure"], interleave=False, reuse_memory=False))
     suite_file = tmp_path / "again.yaml"
     suite_file.write_text(yaml.safe_dump(second))
     code, out, err = _cli(monkeypatch, capsys, "bench", str(suite_file), "-o", str(tmp_path / "run2"),
@@ -354,6 +369,8 @@ def test_second_run_reuses_built_steps(tiny_run, monkeypatch, capsys, tmp_path):
     assert again["variants"][0]["quality"]["accuracy"] == copied["quality"]["accuracy"]  # exact across runs
     assert again["variants"][0]["latency"][0]["count"] == copied["latency"][0]["count"] == 2
     assert json.loads((tmp_path / "run2" / "logs" / "copied.measure.json").read_text())["interleave"] is False
+    assert "MALLOC_MMAP_MAX_" not in again["variants"][0]["memory"]["malloc_env"]
+    assert copied["memory"]["malloc_env"]["MALLOC_MMAP_MAX_"] == "0"  # the first run kept freed memory (default)
     assert "copied" in out and "results.json" in out  # the table and where the files are
 
 
@@ -563,7 +580,9 @@ class _FakeProcess:
         self.asked.append((self.name, int(b), int(s), int(k), int(untimed)))
         if (int(b), int(s)) in self.skips:
             return f"@times {b} {s} -"
-        return f"@times {b} {s} " + ",".join([str(self.seconds)] * int(k))
+        # seconds: a number, or a function of how many visits every process has had (the machine's state)
+        seconds = self.seconds(len(self.asked)) if callable(self.seconds) else self.seconds
+        return f"@times {b} {s} " + ",".join([str(seconds)] * int(k))
 
     def finish(self, timeout_s):
         self.finished = True
@@ -605,8 +624,8 @@ def test_interleaved_latency_spreads_each_cells_calls_over_rounds_within_its_bud
     assert timed == {"slow": 3, "fast": 6, "crashes": 1}
     # one call per visit here, so the two keep alternating while both still want calls
     assert [a[0] for a in first_cell[3:7]] == ["fast", "slow", "slow", "fast"]
-    # a visit to a cell faster than 0.1 s a call starts with one untimed call (not the first visit)
-    assert [a[4] for a in first_cell if a[0] == "fast"] == [0, 1, 1, 1, 1, 1]
+    # a visit to a cell faster than 0.1 s a call starts with 30 ms of untimed calls (not the first visit)
+    assert [a[4] for a in first_cell if a[0] == "fast"] == [0, 3, 3, 3, 3, 3]
     assert all(a[4] == 0 for a in first_cell if a[0] == "slow")
     second_cell = [a[0] for a in asked if a[1] == 8]
     assert second_cell.count("fast") == 1  # answered '-': a cell it skips, asked once
@@ -650,3 +669,96 @@ def test_wait_until_idle_waits_for_a_spinning_process_to_stop():
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_rewarm_calls_fill_a_short_time_before_a_fast_cells_timed_calls():
+    from lean.bench.runner import REWARM_S, rewarm_calls
+
+    assert rewarm_calls([]) == 0  # the first visit is the warm-up itself
+    assert rewarm_calls([0.5, 0.4]) == 0  # a call of 0.1 s or more is warm after the previous one
+    assert rewarm_calls([0.05]) == 1 and rewarm_calls([0.004]) == -(-REWARM_S // 0.004)
+    assert rewarm_calls([1e-5]) == 100  # at most 100
+
+
+def _visits(per_round):
+    return [{"round": r, "ms": list(ms)} for r, ms in enumerate(per_round)]
+
+
+def test_quiet_rounds_set_aside_rounds_where_the_variants_ran_slower_together():
+    from lean.bench.rounds import quiet_rounds, round_slowness, settle_cell
+
+    # rounds 2 and 3: the machine slowed down, the baseline by 20% and the others by 50-60%;
+    # round 5: one variant alone had a slow visit (its own noise, not the machine's)
+    base = _visits([[10.0, 10.1]] * 2 + [[12.0, 12.1]] * 2 + [[10.0, 10.2]] * 4)
+    onnx = _visits([[4.0, 4.1]] * 2 + [[6.4, 6.5]] * 2 + [[4.0], [5.6], [4.1], [4.0]])
+    int8 = _visits([[5.0, 5.1]] * 2 + [[7.5, 7.6]] * 2 + [[5.0, 5.0]] * 4)
+    slowness = round_slowness({"base": base, "onnx": onnx, "int8": int8})
+    assert slowness[0] == pytest.approx(1.0, abs=0.02) and slowness[2] == pytest.approx(1.5, abs=0.02)
+    assert quiet_rounds({"base": base, "onnx": onnx, "int8": int8}) == {0, 1, 4, 5, 6, 7}
+    assert quiet_rounds({"base": base}) == {0, 1, 4, 5, 6, 7}  # one variant: its own rounds decide
+    assert quiet_rounds({"base": base, "onnx": onnx}, tolerance=1.0) == set(range(8))  # nothing that slow
+    assert quiet_rounds({}) == set()
+
+    # the cell's figures come from the quiet rounds, the all-rounds median stays beside them
+    cell = {"batch_size": 1, "seq_length": 128, "median_ms": 4.1, "count": 12}
+    settle_cell(cell, onnx, {0, 1, 4, 5, 6, 7})
+    assert cell["count"] == 8 and cell["median_ms"] == 4.05 and cell["all_rounds"] == {"median_ms": 4.1, "count": 12}
+    assert cell["rounds"] == {"quiet": 6, "of": 8} and [v["quiet"] for v in cell["visits"]] == [
+        True, True, False, False, True, True, True, True]
+    assert cell["throughput_sps"] == pytest.approx(1000 / 4.05, abs=1e-3)
+    steady = {"batch_size": 1, "seq_length": 128, "median_ms": 10.0, "count": 2}
+    settle_cell(steady, _visits([[10.0], [10.0]]), {0, 1})  # every round quiet: the figures stand as they are
+    assert "all_rounds" not in steady and steady["count"] == 2 and steady["rounds"] == {"quiet": 2, "of": 2}
+
+
+def test_interleaved_latency_sets_aside_a_slow_spell_and_makes_up_its_calls(tmp_path, monkeypatch):
+    # a slow spell over most rounds slows 'base' by 20% and 'onnx' by 60%: the figures and the speedup
+    # are those of the quiet rounds, and more rounds make up the calls set aside (to half the target)
+    from lean.bench import runner
+    from lean.bench.report import finalize
+    from lean.bench.runner import Pending, interleaved_latency
+    from lean.bench.suite import MeasureConfig
+
+    monkeypatch.setattr(runner, "EXTRA_SHARE", 100.0)  # the fake calls take no time: no time limit here
+
+    class Quiet:
+        def phase(self, text):
+            pass
+
+    asked: list = []
+    measure = MeasureConfig(batch_sizes=[1], seq_lengths=[16], repeats=9, min_repeats=9, max_cell_s=None)
+    # each round is two visits, one per variant: the spell covers rounds 2 to ROUNDS - 2 (0-based)
+    spell = range(5, 2 * (runner.ROUNDS - 2) + 3)
+    pending = []
+    for name, fast, slow in (("base", 0.2, 0.24), ("onnx", 0.1, 0.16)):
+        result = tmp_path / f"{name}.json"
+        # what the subprocess writes at the end: figures over every call (the harness replaces them)
+        every_call = {"batch_size": 1, "seq_length": 16, "median_ms": 1000 * slow, "count": runner.ROUNDS + 2}
+        result.write_text(json.dumps({"status": "ok", "latency": [every_call]}))
+        row = {"name": name, "status": "ok", "timing": {}, "pending": "latency", "config": {}}
+        seconds = (lambda fast, slow: lambda n: slow if n in spell else fast)(fast, slow)
+        process = _FakeProcess(name, asked, seconds, tmp_path / f"{name}.log")
+        pending.append(Pending(row, process, measure, result, 60.0, 1.0))
+    interleaved_latency(pending, Quiet())
+    for p in pending:
+        cell, = p.row["latency"]
+        fast_ms = 200.0 if p.row["name"] == "base" else 100.0
+        # the planned rounds (one call each) leave four quiet calls: one more round makes five, half of nine
+        planned = runner.ROUNDS + 1
+        assert cell["median_ms"] == pytest.approx(fast_ms) and cell["count"] == 5
+        assert cell["rounds"] == {"quiet": 5, "of": planned + 1} and cell["all_rounds"]["count"] == planned + 1
+        assert all(v["quiet"] == (max(v["ms"]) <= fast_ms) for v in cell["visits"])
+    results = {"baseline": "base", "variants": [p.row for p in pending]}
+    finalize(results)
+    onnx_cell, = results["variants"][1]["latency"]
+    assert onnx_cell["speedup"] == pytest.approx(2.0) and onnx_cell["speedup_interval"] == [2.0, 2.0]
+
+
+def test_child_env_keeps_freed_memory_only_when_asked():
+    from lean.bench.runner import REUSE_MEMORY_ENV, child_env
+
+    env = child_env(2, reuse_memory=True)
+    assert env["OMP_NUM_THREADS"] == "2" and env["PYTHONSAFEPATH"] == "1"
+    assert {k: env[k] for k in REUSE_MEMORY_ENV} == {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**40),
+                                                      "MALLOC_ARENA_MAX": "1"}
+    assert not set(REUSE_MEMORY_ENV) & set(child_env(2)) - set(os.environ)

@@ -7,7 +7,7 @@ baseline within a tolerance (absolute times differ between machines and days; ra
 RUN_A and RUN_B are run directories (or their results.json). Prints one line per variant and a
 verdict; exits 1 when they disagree, 2 on bad input. `--rounds` prints one run's latency round by
 round (the median of each visit's calls), where a slow spell of the machine shows as a stretch of
-slower rounds. Tests: tests/test_bench.py.
+slower rounds, the ones set aside in brackets. Tests: tests/test_bench.py.
 """
 
 from __future__ import annotations
@@ -108,11 +108,13 @@ def format_rounds(results: dict[str, Any]) -> str:
     """Each variant's latency cells round by round: the median ms of the calls of each visit."""
     import statistics
 
-    lines = ["median ms of each round's calls, round 1 first (interleaved latency)"]
+    lines = ["median ms of each round's calls, round 1 first (interleaved latency); [in brackets]: a round set "
+             "aside, the cell's variants ran slower together"]
     for row in results.get("variants", []):
         for cell in row.get("latency") or []:
             if cell.get("visits"):
-                values = " ".join(f"{statistics.median(v['ms']):.4g}" for v in cell["visits"])
+                values = " ".join(f"{statistics.median(v['ms']):.4g}" if v.get("quiet", True)
+                                  else f"[{statistics.median(v['ms']):.4g}]" for v in cell["visits"])
                 lines.append(f"{row['name']} b{cell['batch_size']}x{cell['seq_length']}: {values}")
     if len(lines) == 1:
         raise LeanError("the run has no per-round timings: its latency was not interleaved (or it is older)")

@@ -292,16 +292,21 @@ def latency_texts(texts: list[str], lengths: list[int] | None, batch_size: int, 
     return batches, {"how": how, "pool": len(pool), "of": len(texts), "distinct_batches": n_batches}
 
 
+WARM_AFTER_ONE_S = 0.1  # a call this slow leaves its cell warm: allocation and kernel choice are done once
+
+
 def warm_up(forward: Callable[[Any], None], sync: Callable[[], None], batches: list, warmup: int,
             max_cell_s: float | None) -> int:
-    """`warmup` untimed calls (fewer once they take max_cell_s / 2 seconds, one at least); -> calls made.
-    A call that takes a second is warm after the first one."""
+    """`warmup` untimed calls (fewer once they take max_cell_s / 2 seconds, one at least; one when a call
+    takes WARM_AFTER_ONE_S or more); -> calls made."""
     start, warmed = time.perf_counter(), 0
     for w in range(warmup):
+        call_start = time.perf_counter()
         forward(batches[w % len(batches)])
         sync()
         warmed += 1
-        if max_cell_s is not None and time.perf_counter() - start >= max_cell_s / 2:
+        now = time.perf_counter()
+        if now - call_start >= WARM_AFTER_ONE_S or (max_cell_s is not None and now - start >= max_cell_s / 2):
             break
     return warmed
 
@@ -421,7 +426,9 @@ def measure(spec: dict[str, Any], result: dict[str, Any], save: Callable[[], Non
             torch.cuda.reset_peak_memory_stats()
     from lean.data import load_task
 
-    result["memory"] = {"device": device, "bare_rss_mb": rss_now_mb()}
+    result["memory"] = {"device": device, "bare_rss_mb": rss_now_mb(),
+                        # the allocator settings this process started with (measure.reuse_memory sets them)
+                        "malloc_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_")}}
     result["threads"] = threads
 
     phase("loading task")

@@ -40,8 +40,11 @@ def speedup_interval(base: list[dict] | None, mine: list[dict] | None, resamples
     """A bootstrap interval of the speedup (ratio of medians) over the interleaved rounds: resample the
     rounds with replacement, keep both variants' calls from the rounds drawn, take the ratio of their
     medians; -> [low, high] holding `level` of the ratios. Its width is how far the ratio moved with the
-    machine's speed during the run (a slow spell hitting the two unequally). Deterministic (fixed seed).
+    machine's speed during the run (a slow spell hitting the two unequally). Only the quiet rounds count
+    (visits marked `quiet: false` are set aside, lean.bench.rounds). Deterministic (fixed seed).
     None without rounds from both (latency not interleaved)."""
+    base = [v for v in base or [] if v.get("quiet", True)]  # the rounds the cell's figures come from
+    mine = [v for v in mine or [] if v.get("quiet", True)]
     if not base or not mine:
         return None
     by_round: dict[int, tuple[list[float], list[float]]] = {}
@@ -192,6 +195,16 @@ def _spread_text(cell: dict[str, Any]) -> str:
     return "" if spread is None else f" ±{spread:.0%}"
 
 
+def _set_aside_text(results: dict[str, Any]) -> str:
+    """' (here: 3 of 36 cell rounds set aside)': the baseline's rounds, which every other row shares."""
+    base = _row(results, results.get("baseline")) or {}
+    rounds = [c["rounds"] for c in base.get("latency") or [] if c.get("rounds")]
+    if not rounds:
+        return ""
+    aside, total = sum(r["of"] - r["quiet"] for r in rounds), sum(r["of"] for r in rounds)
+    return f" (here {aside} of the baseline's {total} cell rounds were set aside)"
+
+
 def to_markdown(results: dict[str, Any]) -> str:
     env, run, task = results.get("environment", {}), results.get("run", {}), results.get("task", {})
     cells = grid(results)
@@ -242,10 +255,13 @@ def to_markdown(results: dict[str, Any]) -> str:
                      "size × sequence length, on real test texts truncated to exactly that length; `(N×)` is the speedup "
                      "over the baseline in this same run. p90/p99 and the run counts are in results.json and results.csv."
                      + (" Every variant was loaded at once and timed in turn, round after round, each cell's calls "
-                        "spread over the whole phase, so a slow spell of the machine fell on all of them alike "
-                        "(`measure.interleave`). `±N%` bounds the 90% bootstrap interval of the speedup over those "
-                        "rounds: how far the ratio moved while the machine's speed changed during the run. A wide "
-                        "one says a second run may well differ by that much." if interleaved else ""))
+                        "spread over the whole phase (`measure.interleave`). A round in which a cell's variants ran "
+                        "slower together (more than 15% past the cell's quietest round: the machine slowed down, "
+                        "which hits variants unequally) is set aside for all of them, and the medians come from the "
+                        f"other rounds{_set_aside_text(results)}; results.json keeps every call and the all-rounds "
+                        "median. `±N%` bounds the 90% bootstrap interval of the speedup over the quiet rounds: how "
+                        "far the ratio moved during the run. A wide one says a second run may well differ by that "
+                        "much." if interleaved else ""))
     guide += ["- **peak MB** is the peak resident memory of the variant's own subprocess (on CUDA: peak allocated GPU "
               "memory); results.json also gives the same interpreter's RSS before loading anything (`bare_rss_mb`), "
               "so `model_rss_mb` is what the model and its inference added.",

@@ -63,7 +63,14 @@ class BuildError(Exception):
 
 # ---- subprocesses ------------------------------------------------------------------------------------
 
-def child_env(threads: int | None) -> dict[str, str]:
+# glibc malloc settings of a measuring subprocess with measure.reuse_memory (see MeasureConfig): no
+# mmap-ed blocks (each would be unmapped on free and faulted in again on the next call), no trimming of
+# the heap's top, and one arena (so that no thread's arena runs into its 64 MiB limit without mmap).
+# Other C libraries ignore them.
+REUSE_MEMORY_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**40), "MALLOC_ARENA_MAX": "1"}
+
+
+def child_env(threads: int | None, reuse_memory: bool = False) -> dict[str, str]:
     # PYTHONSAFEPATH (3.11+): `python -m` must not put the working directory first on sys.path, or a
     # run from a source checkout makes its kernels/ folder the `kernels` package that transformers and
     # bitsandbytes probe for
@@ -71,6 +78,8 @@ def child_env(threads: int | None) -> dict[str, str]:
     if threads:
         for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
             env[name] = str(threads)
+    if reuse_memory:
+        env.update(REUSE_MEMORY_ENV)
     return env
 
 
@@ -588,6 +597,7 @@ def measure_variant(suite: Suite, variant: Variant, device: str, threads: int, o
         "quality": measure.quality, "latency": measure.latency,
         "perplexity": measure.perplexity, "generation": measure.generation,
         "interleave": pending is not None and measure.interleave and measure.latency,
+        "reuse_memory": measure.reuse_memory,  # applied through the subprocess's environment (child_env)
     }
     safe = _safe(variant.name)
     spec_file, result_file, log = logs / f"{safe}.measure.json", logs / f"{safe}.result.json", logs / f"{safe}.measure.log"
@@ -602,10 +612,11 @@ def measure_variant(suite: Suite, variant: Variant, device: str, threads: int, o
 
     progress.phase("measure: starting")
     args = ["-m", "lean.bench.measure", str(spec_file), str(result_file)]
+    env = child_env(threads, measure.reuse_memory)
     if not spec["interleave"]:
-        code, timed_out = run_child(args, log, timeout_s, on_line, child_env(threads))
+        code, timed_out = run_child(args, log, timeout_s, on_line, env)
         return collect_row(row, result_file, log, code, timed_out, current["phase"], timeout_s, time.perf_counter() - started)
-    process = Child(args, log, child_env(threads), on_line)
+    process = Child(args, log, env, on_line)
     reply = process.reply(timeout_s)
     if reply == "@ready":  # loaded and scored: its latency is timed in turn with the other variants
         row["pending"] = "latency"
@@ -644,8 +655,11 @@ def collect_row(row: dict[str, Any], result_file: Path, log: Path, code: int, ti
     return row
 
 
-ROUNDS = 8  # the interleaved latency spreads each cell's timed calls over this many rounds (after the first)
-REWARM_BELOW_S = 0.1  # a visit to a cell faster than this starts with one untimed call (see interleaved_latency)
+ROUNDS = 12  # the interleaved latency spreads each cell's timed calls over this many rounds (after the first)
+EXTRA_SHARE = 0.2  # rounds past the planned ones (for cells with under half their calls in quiet rounds) may add
+                   # at most this share of the planned rounds' time
+REWARM_BELOW_S = 0.1  # a visit to a cell faster than this starts with untimed calls (see interleaved_latency)...
+REWARM_S = 0.03  # ...for about this long (one call at least)
 
 
 @dataclass
@@ -671,13 +685,30 @@ class Pending:
             return m.repeats
         return min(m.repeats, max(m.min_repeats, math.ceil(m.max_cell_s / statistics.median(times))))
 
-    def calls_now(self, times: list[float]) -> int:
+    def wanted(self, times: list[float], counted: int | None = None, extra: bool = False) -> int:
+        """Timed calls this cell still wants: its target less `counted` (the calls made in quiet rounds;
+        default: all of them); in the `extra` rounds past the planned ones, half its target less them."""
+        target = self.target(times)
+        counted = len(times) if counted is None else counted
+        return max(0, (math.ceil(target / 2) if extra else target) - counted)
+
+    def calls_now(self, times: list[float], counted: int | None = None, extra: bool = False) -> int:
         """Calls to ask for in this round: one in the first (after the warm-up), then a ROUNDS-th share
-        of the cell's target, so its calls spread over the whole interleaved phase."""
+        of the cell's target while it wants more (see `wanted`), so its calls spread over the whole
+        interleaved phase."""
         if not times:
             return 1
-        target = self.target(times)
-        return max(0, min(target - len(times), math.ceil((target - 1) / ROUNDS)))
+        return min(self.wanted(times, counted, extra), math.ceil((self.target(times) - 1) / ROUNDS))
+
+
+def rewarm_calls(times: list[float]) -> int:
+    """Untimed calls to start a visit with: after the other variants ran, the first calls find cold
+    caches and sleeping threads (a TF-IDF call took 5.2 ms, then 3.6 ms from the fourth on), which
+    costs little beside 0.1 s but a lot beside 1 ms; so a fast cell gets REWARM_S of untimed calls."""
+    if not times:
+        return 0
+    median = statistics.median(times)
+    return 0 if median >= REWARM_BELOW_S else max(1, min(100, math.ceil(REWARM_S / median)))
 
 
 def process_cpu_ns(pid: int) -> int | None:
@@ -709,30 +740,45 @@ def interleaved_latency(pending: list[Pending], progress) -> None:
 
     A round visits every cell and, within a cell, every variant (the order rotating each round); each
     visit is a few back-to-back calls (one in the first round, after the warm-up; then a ROUNDS-th of
-    the cell's calls). So each cell's calls spread over the whole phase: a slow spell of a shared
-    machine (seconds to tens of seconds) lands on a small share of every variant's calls in every
-    cell, and the medians and their ratios hold from run to run. A visit to a cell whose calls take
-    under REWARM_BELOW_S starts with one untimed call: after the other variants ran, the first call
-    finds cold caches and sleeping threads, which costs little beside 0.1 s but a lot beside 1 ms, so
+    the cell's calls). So each cell's calls spread over the whole phase. A slow spell of a shared
+    machine (seconds to minutes) shows as rounds in which a cell's variants are slower together
+    (lean.bench.rounds): those rounds are set aside for every variant of the cell, and a cell short of
+    calls in quiet rounds gets more rounds, for at most EXTRA_SHARE more time than the planned ones.
+    A visit to a cell whose calls take under REWARM_BELOW_S starts with REWARM_S of untimed calls, so
     every timed call is one of a steady stream. After each visit the harness waits until that
     variant's process is idle (OpenMP and onnxruntime worker threads spin for a while after a call,
     and would otherwise run beside the next variant's timed call).
     """
+    from lean.bench.rounds import quiet_calls, quiet_rounds, settle_cell
+
     keys: list[tuple[int, int]] = []  # every variant's cells, in suite order
     for p in pending:
         keys += [(b, s) for b in p.measure.batch_sizes for s in p.measure.seq_lengths if (b, s) not in keys]
     times: dict[tuple[int, tuple[int, int]], list[float]] = {(id(p), k): [] for p in pending for k in p.grid()}
     visits: dict[tuple[int, tuple[int, int]], list[dict[str, Any]]] = {key: [] for key in times}  # per round
+    counted: dict[tuple[int, tuple[int, int]], int] = {key: 0 for key in times}  # calls in quiet rounds
+    quiet: dict[tuple[int, int], set[int]] = {}
     skipped: set[tuple[int, tuple[int, int]]] = set()  # cells a variant answered '-' (longer than it takes)
     by_id = {id(p): p for p in pending}
+
+    def settle(key: tuple[int, int]) -> None:  # which rounds of this cell were quiet, and the calls they hold
+        cell_visits = {pid: visits[pid, key] for pid in by_id if visits.get((pid, key))}
+        quiet[key] = quiet_rounds(cell_visits)
+        for pid, vs in cell_visits.items():
+            counted[pid, key] = len(quiet_calls(vs, quiet[key]))
+
+    started, planned_s = time.perf_counter(), None
     try:
         for round_ in range(10**9):
-            left = sum(by_id[pid].target(cell) - len(cell) for (pid, key), cell in times.items()
+            extra = round_ > ROUNDS  # past the planned rounds: making up the calls of rounds set aside
+            if round_ == ROUNDS + 1:
+                planned_s = time.perf_counter() - started
+            left = sum(by_id[pid].wanted(cell, counted[pid, key], extra) for (pid, key), cell in times.items()
                        if by_id[pid].ended is None and (pid, key) not in skipped)
-            if left <= 0:
+            if left <= 0 or (extra and time.perf_counter() - started > planned_s * (1 + EXTRA_SHARE)):
                 break
-            progress.phase(f"latency round {round_ + 1}: every cell, {len(pending)} variants in turn, "
-                           f"about {left} timed calls to go")
+            progress.phase(f"latency round {round_ + 1}: every cell, {len(pending)} variants in turn, about {left} "
+                           "timed calls to go" + (" (more rounds: the machine ran slower in some)" if extra else ""))
             for batch, length in keys:
                 taking = [p for p in pending if p.ended is None and (batch, length) in p.grid()
                           and (id(p), (batch, length)) not in skipped]
@@ -741,11 +787,10 @@ def interleaved_latency(pending: list[Pending], progress) -> None:
                 k = round_ % len(taking)
                 for p in taking[k:] + taking[:k]:
                     cell = times[id(p), (batch, length)]
-                    calls = p.calls_now(cell)
+                    calls = p.calls_now(cell, counted[id(p), (batch, length)], extra)
                     if not calls:
                         continue
-                    rewarm = int(bool(cell) and statistics.median(cell) < REWARM_BELOW_S)
-                    reply = p.process.ask(f"time {batch} {length} {calls} {rewarm}", p.timeout_s)
+                    reply = p.process.ask(f"time {batch} {length} {calls} {rewarm_calls(cell)}", p.timeout_s)
                     wait_until_idle(p.process.proc.pid)
                     if reply is None or reply == Child.TIMEOUT:
                         p.ended = "timeout" if reply == Child.TIMEOUT else "exited"
@@ -757,7 +802,10 @@ def interleaved_latency(pending: list[Pending], progress) -> None:
                     new = [float(t) for t in values.split(",")]
                     cell += new
                     visits[id(p), (batch, length)].append({"round": round_, "ms": [round(t * 1000, 4) for t in new]})
+                settle((batch, length))
     finally:
+        for key in keys:  # the last round included (or the one Ctrl-C cut short)
+            settle(key)
         for p in pending:
             if p.ended is None:
                 code, timed_out = p.process.finish(p.timeout_s)
@@ -769,10 +817,11 @@ def interleaved_latency(pending: list[Pending], progress) -> None:
                         p.load_wall_s)
             timing = p.row["timing"]
             timing["wall_s"] = round(timing["wall_s"] + (timing.get("latency_s") or 0), 2)  # the interleaved phase, whole
-            for cell in p.row.get("latency") or []:  # every timed call by round: the speedup's interval
-                mine = visits.get((id(p), (cell["batch_size"], cell["seq_length"])))
+            for cell in p.row.get("latency") or []:  # every timed call by round; figures from the quiet rounds
+                key = (cell["batch_size"], cell["seq_length"])
+                mine = visits.get((id(p), key))
                 if mine and "median_ms" in cell:
-                    cell["visits"] = mine
+                    settle_cell(cell, mine, quiet[key])
 
 
 def _base_tokenizer_dir(suite: Suite) -> str | None:

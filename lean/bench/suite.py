@@ -61,6 +61,12 @@ class MeasureConfig:
     # falls on all of them alike (run-to-run ratios then agree); false: one variant after another, for
     # models that do not fit in memory together
     interleave: bool = True
+    # measuring subprocesses keep the memory they free for their next call (glibc malloc told never to
+    # return it to the system), as the jemalloc or tcmalloc that PyTorch's CPU tuning guide recommends
+    # would, and as onnxruntime's arena does anyway. With glibc's defaults every PyTorch batch-32 call
+    # maps its large buffers afresh and pays a page fault per 4 KiB: on a 2-vCPU VM 25-35% of the call,
+    # varying by 10-20% from call to call. false: measure glibc's defaults
+    reuse_memory: bool = True
     timeout_s: float = 900.0  # per variant: its measuring subprocess is killed past this
     build_timeout_s: float | None = None  # per step build (None: no limit; fine-tuning takes minutes)
     threads: int | None = None  # intra-op threads; None: the physical cores (fixed and recorded)
