@@ -656,7 +656,7 @@ def collect_row(row: dict[str, Any], result_file: Path, log: Path, code: int, ti
 
 
 ROUNDS = 12  # the interleaved latency spreads each cell's timed calls over this many rounds (after the first)
-EXTRA_SHARE = 0.2  # rounds past the planned ones (for cells with under half their calls in quiet rounds) may add
+EXTRA_SHARE = 0.1  # rounds past the planned ones (for cells with under half their calls in quiet rounds) may add
                    # at most this share of the planned rounds' time
 REWARM_BELOW_S = 0.1  # a visit to a cell faster than this starts with untimed calls (see interleaved_latency)...
 REWARM_S = 0.03  # ...for about this long (one call at least)
