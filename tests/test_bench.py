@@ -229,10 +229,31 @@ def test_percentiles_and_pareto_front_against_hand_values():
     from lean.bench.report import pareto_front
 
     p = percentiles([0.001 * i for i in range(1, 101)])  # 1..100 ms
-    assert p["median_ms"] == pytest.approx(50.5) and p["p90_ms"] == pytest.approx(90.1) and p["count"] == 100
+    # Harrell-Davis on 1..100: E[ceil(100 U)] for U ~ Beta(101q, 101(1-q)), i.e. 100q + 0.5
+    assert p["median_ms"] == pytest.approx(50.5) and p["p90_ms"] == pytest.approx(90.5, abs=0.01)
+    assert p["count"] == 100 and p["min_ms"] == pytest.approx(1.0) and p["max_ms"] == pytest.approx(100.0)
     points = [("a", 10.0, 0.90), ("b", 5.0, 0.80), ("c", 20.0, 0.85), ("d", 30.0, 0.95)]
     assert [p[0] for p in pareto_front(points)] == ["b", "a", "d"]  # c is beaten by a on both
     assert classify_error(MemoryError()) == "oom" and classify_error(ValueError("x")) == "failed"
+
+
+def test_harrell_davis_quantile_matches_scipy_and_moves_less_than_the_middle_sample():
+    import random
+    import statistics
+
+    from scipy.stats.mstats import hdquantiles
+
+    from lean.bench.measure import quantile
+
+    rng = random.Random(3)
+    sample = [rng.lognormvariate(3, 0.4) for _ in range(37)]
+    for q in (0.5, 0.9, 0.99):
+        assert quantile(sample, q) == pytest.approx(float(hdquantiles(sample, prob=[q])[0]), rel=1e-9)
+    assert quantile([7.0], 0.5) == 7.0
+    # a cell whose calls fall in two groups: one call changing sides moves the middle sample 16%
+    a, b = [250.0] * 5 + [290.0] * 6, [250.0] * 6 + [290.0] * 5
+    assert statistics.median(a) / statistics.median(b) == pytest.approx(1.16)
+    assert 1 < quantile(a, 0.5) / quantile(b, 0.5) < 1.08
 
 
 def test_time_cell_warms_up_then_repeats_within_the_cell_budget():
@@ -398,6 +419,50 @@ def test_ctrl_c_leaves_finished_rows_written(tmp_path, tiny_bert_dir, bbc_csv, m
     assert (tmp_path / "out" / "report.md").is_file() and (tmp_path / "out" / "pareto.png").is_file()
 
 
+def test_next_variants_subprocess_starts_early_and_is_dismissed_when_its_build_fails(tmp_path, tiny_bert_dir, bbc_csv,
+                                                                                     fake_steps, monkeypatch):
+    from lean.bench import runner
+
+    real, started = runner.start_early, {}
+
+    def recording(variant, threads, logs):
+        started[variant.name] = child = real(variant, threads, logs)
+        return child
+
+    monkeypatch.setattr(runner, "start_early", recording)
+    data = _tiny_suite(tiny_bert_dir, bbc_csv, tmp_path / "c")
+    variants = {k: data["variants"][k] for k in ("fp32", "tfidf-logreg", "boom")}
+    suite = parse_suite({**data, "variants": {"fp32": variants.pop("fp32"), "sdpa": {"load": {"attention": "sdpa"}},
+                                              **variants}})
+    results = runner.run_bench(suite, runner.BenchOptions(output=tmp_path / "out", runs_dir=tmp_path / "cache",
+                                                          quiet=True))
+    rows = {r["name"]: r for r in results["variants"]}
+    # each subprocess after the first started while the previous variant was scored, and measured its row
+    assert set(started) == {"sdpa", "tfidf-logreg", "boom"} and rows["sdpa"]["status"] == "ok"
+    # waiting imported what a fresh start imports before it takes the bare RSS, nothing more
+    assert rows["sdpa"]["memory"]["bare_rss_mb"] == pytest.approx(rows["fp32"]["memory"]["bare_rss_mb"], rel=0.1)
+    assert rows["tfidf-logreg"]["status"] == "ok" and rows["tfidf-logreg"]["quality"]["accuracy"] > 0
+    assert rows["tfidf-logreg"]["latency"][0]["count"] >= 1 and rows["fp32"]["status"] == "ok"
+    assert rows["tfidf-logreg"]["timing"]["started_early"] is True and rows["fp32"]["timing"]["started_early"] is False
+    # boom's build failed: its waiting subprocess was told nothing and ended without a result
+    assert rows["boom"]["status"] == "failed" and rows["boom"]["phase"] == "build"
+    assert started["boom"].proc.returncode == 0 and not (tmp_path / "out" / "logs" / "boom.result.json").exists()
+    assert all(child.proc.poll() is not None for child in started.values())
+
+
+def test_measure_subprocess_started_early_waits_for_go(tmp_path, bbc_csv):
+    import subprocess
+
+    spec, result, task = tmp_path / "spec.json", tmp_path / "result.json", tmp_path / "task.json"
+    task.write_text(json.dumps({"spec": str(bbc_csv), "text_column": None, "label_column": None, "split_seed": 42}))
+    command = [sys.executable, "-m", "lean.bench.measure", str(spec), str(result), "--wait"]
+    ended = subprocess.run(command + ["tfidf-logreg", str(task)], input="", capture_output=True, text=True,
+                           timeout=120)
+    assert ended.returncode == 0 and not result.exists()  # stdin closed before "go": nothing measured
+    wrong = subprocess.run(command + ["tensorflow", str(task)], input="", capture_output=True, text=True, timeout=120)
+    assert wrong.returncode == 2 and "--wait takes one of torch, onnx, tfidf-logreg" in wrong.stderr
+
+
 def test_ctrl_c_before_the_interleaved_latency_keeps_loaded_rows_as_interrupted(tmp_path, tiny_bert_dir, bbc_csv,
                                                                                monkeypatch):
     from lean.bench import runner
@@ -409,7 +474,9 @@ def test_ctrl_c_before_the_interleaved_latency_keeps_loaded_rows_as_interrupted(
         if len(calls) == 3:
             raise KeyboardInterrupt
         row = real(suite, variant, *args)
-        processes.extend(p.process.proc for p in args[-1])
+        pending, early = args[7], args[8]
+        processes.extend(p.process.proc for p in pending)
+        processes.extend(child.proc for child in early.values())  # the next variant's, started early
         return row
 
     data = _tiny_suite(tiny_bert_dir, bbc_csv, tmp_path / "c")
@@ -493,7 +560,7 @@ def test_speedup_interval_spans_how_far_the_ratio_moved_over_the_rounds():
 
     steady_base, steady = visits([[10.0, 10.2, 9.9]] * 8), visits([[5.0, 5.1, 4.9]] * 8)
     low, high = speedup_interval(steady_base, steady)
-    assert low == high == pytest.approx(10.0 / 5.0)  # the same in every round: no spread
+    assert low == high == pytest.approx(10.0 / 5.0, rel=1e-3)  # the same in every round: no spread
     # rounds 6 and 7 are a slow spell that slows the variant by half and the baseline by a tenth
     base = visits([[10.0, 10.2, 9.9]] * 6 + [[11.0, 11.2, 10.9]] * 2)
     mine = visits([[5.0, 5.1, 4.9]] * 6 + [[7.5, 7.6, 7.4]] * 2)
@@ -685,6 +752,7 @@ def _visits(per_round):
 
 
 def test_quiet_rounds_set_aside_rounds_where_the_variants_ran_slower_together():
+    from lean.bench.measure import quantile
     from lean.bench.rounds import quiet_rounds, round_slowness, settle_cell
 
     # rounds 2 and 3: the machine slowed down, the baseline by 20% and the others by 50-60%;
@@ -702,10 +770,12 @@ def test_quiet_rounds_set_aside_rounds_where_the_variants_ran_slower_together():
     # the cell's figures come from the quiet rounds, the all-rounds median stays beside them
     cell = {"batch_size": 1, "seq_length": 128, "median_ms": 4.1, "count": 12}
     settle_cell(cell, onnx, {0, 1, 4, 5, 6, 7})
-    assert cell["count"] == 8 and cell["median_ms"] == 4.05 and cell["all_rounds"] == {"median_ms": 4.1, "count": 12}
+    quiet_calls = [4.0, 4.1, 4.0, 4.1, 4.0, 5.6, 4.1, 4.0]  # rounds 0, 1, 4-7
+    assert cell["count"] == 8 and cell["median_ms"] == round(quantile(quiet_calls, 0.5), 4)
+    assert 4.0 < cell["median_ms"] < 4.2 and cell["all_rounds"] == {"median_ms": 4.1, "count": 12}
     assert cell["rounds"] == {"quiet": 6, "of": 8} and [v["quiet"] for v in cell["visits"]] == [
         True, True, False, False, True, True, True, True]
-    assert cell["throughput_sps"] == pytest.approx(1000 / 4.05, abs=1e-3)
+    assert cell["throughput_sps"] == pytest.approx(1000 / cell["median_ms"], abs=1e-3)
     steady = {"batch_size": 1, "seq_length": 128, "median_ms": 10.0, "count": 2}
     settle_cell(steady, _visits([[10.0], [10.0]]), {0, 1})  # every round quiet: the figures stand as they are
     assert "all_rounds" not in steady and steady["count"] == 2 and steady["rounds"] == {"quiet": 2, "of": 2}
@@ -762,3 +832,26 @@ def test_child_env_keeps_freed_memory_only_when_asked():
     assert {k: env[k] for k in REUSE_MEMORY_ENV} == {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**40),
                                                       "MALLOC_ARENA_MAX": "1"}
     assert not set(REUSE_MEMORY_ENV) & set(child_env(2)) - set(os.environ)
+
+
+def test_estimators_script_counts_agreeing_speedups_under_both_medians(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("estimators", Path(__file__).parent.parent / "benchmarks" / "estimators.py")
+    estimators = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(estimators)
+
+    def run(name, base_ms, mine_ms):
+        cells = lambda calls: [{"batch_size": 1, "seq_length": 8, "visits": [{"round": 0, "ms": calls, "quiet": True}]}]
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps({"baseline": "a", "variants": [
+            {"name": "a", "status": "ok", "latency": cells(base_ms)},
+            {"name": "b", "status": "ok", "latency": cells(mine_ms)}]}))
+
+    # b's calls fall in two groups: one call changing sides moves the middle call 16%, the HD median 4%
+    run("r1", [10.0] * 11, [2.50] * 5 + [2.90] * 6)
+    run("r2", [10.0] * 11, [2.50] * 6 + [2.90] * 5)
+    assert estimators.main([str(tmp_path / "r1"), str(tmp_path / "r2")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("middle call: 0 of 1 speedups within 10%, 0 of 1 run pairs") and "b b1x8 1" in out[0]
+    assert out[1] == "Harrell-Davis: 1 of 1 speedups within 10%, 1 of 1 run pairs agree on all"

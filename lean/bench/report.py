@@ -15,7 +15,6 @@ import io
 import json
 import os
 import random
-import statistics
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +38,7 @@ def speedup_interval(base: list[dict] | None, mine: list[dict] | None, resamples
                      level: float = 0.90) -> list[float] | None:
     """A bootstrap interval of the speedup (ratio of medians) over the interleaved rounds: resample the
     rounds with replacement, keep both variants' calls from the rounds drawn, take the ratio of their
-    medians; -> [low, high] holding `level` of the ratios. Its width is how far the ratio moved with the
+    medians (Harrell-Davis, as the cells' own); -> [low, high] holding `level` of the ratios. Its width is how far the ratio moved with the
     machine's speed during the run (a slow spell hitting the two unequally). Only the quiet rounds count
     (visits marked `quiet: false` are set aside, lean.bench.rounds). Deterministic (fixed seed).
     None without rounds from both (latency not interleaved)."""
@@ -53,6 +52,8 @@ def speedup_interval(base: list[dict] | None, mine: list[dict] | None, resamples
     for visit in mine:
         by_round.setdefault(visit["round"], ([], []))[1].extend(visit["ms"])
     rounds = list(by_round.values())
+    from lean.bench.measure import quantile
+
     rng = random.Random(0)
     ratios = []
     for _ in range(resamples):
@@ -60,7 +61,7 @@ def speedup_interval(base: list[dict] | None, mine: list[dict] | None, resamples
         b = [t for r in drawn for t in r[0]]
         m = [t for r in drawn for t in r[1]]
         if b and m:
-            ratios.append(statistics.median(b) / statistics.median(m))
+            ratios.append(quantile(b, 0.5) / quantile(m, 0.5))
     if len(ratios) < resamples // 2:
         return None
     ratios.sort()
@@ -251,7 +252,8 @@ def to_markdown(results: dict[str, Any]) -> str:
         "- **accuracy / macro-F1** are on the task's full test split (the split seed is above); "
         "Δ acc is the difference from the baseline."]
     if cells:
-        guide.append("- **latency** is the median of timed runs after warm-up, in milliseconds per batch, at each batch "
+        guide.append("- **latency** is the median of timed runs after warm-up (a Harrell-Davis estimate, which weighs every "
+                     "call instead of taking the middle one), in milliseconds per batch, at each batch "
                      "size × sequence length, on real test texts truncated to exactly that length; `(N×)` is the speedup "
                      "over the baseline in this same run. p90/p99 and the run counts are in results.json and results.csv."
                      + (" Every variant was loaded at once and timed in turn, round after round, each cell's calls "

@@ -434,6 +434,50 @@ def select_variants(suite: Suite, names: list[str] | None) -> list[str]:
     return [suite.baseline] + [n for n in suite.variants if n in chosen and n != suite.baseline]
 
 
+def preload_kind(variant: Variant) -> str:
+    """Which backend's libraries a variant's measuring subprocess can import before its model exists
+    (lean.bench.measure.PRELOAD): an export last in its chain makes it an ONNX row."""
+    if variant.kind != "model":
+        return variant.kind
+    if variant.steps:
+        return "onnx" if variant.steps[-1].name == "export" else "torch"
+    if variant.start not in ("teacher", "base") and (Path(variant.start) / "model.onnx").is_file():
+        return "onnx"
+    return "torch"
+
+
+def measure_files(logs: Path, variant: Variant) -> tuple[Path, Path, Path]:
+    """A variant's measuring spec, result and log files."""
+    safe = _safe(variant.name)
+    return logs / f"{safe}.measure.json", logs / f"{safe}.result.json", logs / f"{safe}.measure.log"
+
+
+def task_spec(suite: Suite) -> dict[str, Any]:
+    """The task as a measuring subprocess loads it (its spec's "task", and TASK.json of start_early)."""
+    return {"spec": suite.task, "text_column": suite.text_column, "label_column": suite.label_column,
+            "split_seed": suite.split_seed}
+
+
+def start_early(variant: Variant, threads: int, logs: Path) -> Child:
+    """The variant's measuring subprocess, started before its turn (`--wait`): it imports its libraries
+    and loads the task (logs/task.json, written by run_bench) while the previous variant is scored,
+    then waits for "go" (see measure_variant)."""
+    spec_file, result_file, log = measure_files(logs, variant)
+    args = ["-m", "lean.bench.measure", str(spec_file), str(result_file), "--wait", preload_kind(variant),
+            str(logs / "task.json")]
+    return Child(args, log, child_env(threads, variant.measure.reuse_memory), lambda line: None)
+
+
+def dismiss(child: Child) -> None:
+    """An early subprocess whose variant is not measured after all (its build failed): EOF ends it."""
+    try:
+        child.proc.stdin.close()
+        child.proc.wait(timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        child.stop()
+    child.close()
+
+
 def run_bench(suite: Suite, options: BenchOptions | None = None, console=None) -> dict[str, Any]:
     """Build and measure every selected variant; returns the results dict (also written to the output dir)."""
     from lean.bench.report import finalize, print_row, write_reports
@@ -452,6 +496,7 @@ def run_bench(suite: Suite, options: BenchOptions | None = None, console=None) -
     output.mkdir(parents=True, exist_ok=True)
     logs = output / "logs"
     logs.mkdir(exist_ok=True)
+    (logs / "task.json").write_text(json.dumps(task_spec(suite)))  # for subprocesses started early
 
     started = time.time()
     results: dict[str, Any] = {
@@ -484,13 +529,27 @@ def run_bench(suite: Suite, options: BenchOptions | None = None, console=None) -
         return path, key
 
     pending: list[Pending] = []  # loaded variants whose latency is timed in turn once all are loaded
+    early: dict[str, Child] = {}  # measuring subprocesses started before their variant's turn
+
+    def start_next(index: int) -> None:  # the next measured variant's subprocess, importing meanwhile
+        for name in names[index + 1:]:
+            variant = suite.variants[name]
+            if missing_requirement(variant, device):
+                continue
+            if variant.measure.interleave and variant.measure.latency and name not in early:
+                early[name] = start_early(variant, threads, logs)
+            return
+
     progress.start()
     previous_term = _terminate_as_interrupt()
     try:
         for index, name in enumerate(names):
             variant = suite.variants[name]
             progress.variant(name, index)
-            row = measure_variant(suite, variant, device, threads, options, chains, teacher_dir, logs, progress, pending)
+            row = measure_variant(suite, variant, device, threads, options, chains, teacher_dir, logs, progress, pending,
+                                  early, lambda index=index: start_next(index))
+            if name in early:  # started early, but the variant failed before its measurement
+                dismiss(early.pop(name))
             results["variants"].append(row)
             results["run"]["steps_built"] = chains.builds
             finalize(results)
@@ -514,6 +573,9 @@ def run_bench(suite: Suite, options: BenchOptions | None = None, console=None) -
                 p.row.update(status="interrupted", phase="measure", error="stopped before its latency was timed")
         raise
     finally:
+        for child in early.values():
+            child.stop()
+            child.close()
         if previous_term is not None:
             signal.signal(signal.SIGTERM, previous_term)
         progress.stop()
@@ -543,10 +605,14 @@ def restore_interrupts() -> None:
 
 
 def measure_variant(suite: Suite, variant: Variant, device: str, threads: int, options: BenchOptions, chains: Chains,
-                    teacher_dir, logs: Path, progress, pending: list["Pending"] | None = None) -> dict[str, Any]:
+                    teacher_dir, logs: Path, progress, pending: list["Pending"] | None = None,
+                    early: dict[str, "Child"] | None = None, start_next: Callable[[], None] | None = None
+                    ) -> dict[str, Any]:
     """One row: requirements, chain build, then the measuring subprocess. With `pending` (interleaved
     latency), a subprocess that loaded and scored its variant stays alive and joins `pending`; its row
-    is completed by `interleaved_latency`."""
+    is completed by `interleaved_latency`. A subprocess in `early` (started by a previous variant's
+    `start_next`, see start_early) is told to go instead of starting a new one; `start_next` is called
+    once this variant's subprocess runs, so the next one imports while this one is scored."""
     from lean.models import resolve_model
 
     measure = variant.measure
@@ -588,8 +654,7 @@ def measure_variant(suite: Suite, variant: Variant, device: str, threads: int, o
     spec = {
         "kind": variant.kind, "model_dir": row["model_dir"], "tokenizer_dir": tokenizer_dir,
         "load": dataclasses.asdict(variant.load), "device": device, "threads": threads,
-        "task": {"spec": suite.task, "text_column": suite.text_column, "label_column": suite.label_column,
-                 "split_seed": suite.split_seed},
+        "task": task_spec(suite),
         "max_length": measure.max_length or (trained_max_length(model_dir) if model_dir else 128),
         "eval_batch_size": measure.eval_batch_size, "max_eval_samples": measure.max_eval_samples,
         "batch_sizes": measure.batch_sizes, "seq_lengths": measure.seq_lengths, "warmup": measure.warmup,
@@ -599,8 +664,7 @@ def measure_variant(suite: Suite, variant: Variant, device: str, threads: int, o
         "interleave": pending is not None and measure.interleave and measure.latency,
         "reuse_memory": measure.reuse_memory,  # applied through the subprocess's environment (child_env)
     }
-    safe = _safe(variant.name)
-    spec_file, result_file, log = logs / f"{safe}.measure.json", logs / f"{safe}.result.json", logs / f"{safe}.measure.log"
+    spec_file, result_file, log = measure_files(logs, variant)
     spec_file.write_text(json.dumps(spec, indent=1, default=str))
     result_file.unlink(missing_ok=True)
     current = {"phase": "starting"}
@@ -616,7 +680,19 @@ def measure_variant(suite: Suite, variant: Variant, device: str, threads: int, o
     if not spec["interleave"]:
         code, timed_out = run_child(args, log, timeout_s, on_line, env)
         return collect_row(row, result_file, log, code, timed_out, current["phase"], timeout_s, time.perf_counter() - started)
-    process = Child(args, log, env, on_line)
+    process = (early or {}).pop(variant.name, None)
+    if process is not None:
+        process.on_line = on_line
+        try:
+            process.proc.stdin.write("go\n")
+            process.proc.stdin.flush()
+        except (BrokenPipeError, OSError):  # it ended while it waited: start a fresh one
+            process.close()
+            process = None
+    if process is None:
+        process = Child(args, log, env, on_line)
+    if start_next is not None:
+        start_next()
     reply = process.reply(timeout_s)
     if reply == "@ready":  # loaded and scored: its latency is timed in turn with the other variants
         row["pending"] = "latency"

@@ -1,0 +1,67 @@
+"""How far runs of one suite agree on their speedups under two median estimates, recomputed from the
+timed calls each run recorded (results.json: every latency cell's `visits`).
+
+    python benchmarks/estimators.py RUN_DIR RUN_DIR [RUN_DIR ...] [--tolerance 0.10]
+
+For every pair of runs and every speedup over the baseline (each variant's latency cells), it counts
+the pairs within the tolerance, once with the middle call (the sample median) of each cell's calls
+in quiet rounds and once with the Harrell-Davis median (lean.bench.measure.quantile, what the
+harness reports). Only interleaved runs record their calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import statistics
+import sys
+from pathlib import Path
+
+from lean.bench.measure import quantile
+
+
+def quiet_calls(cell: dict) -> list[float]:
+    return [t for visit in cell.get("visits", []) if visit.get("quiet", True) for t in visit["ms"]]
+
+
+def speedups(run: dict, median) -> dict[tuple[str, int, int], float]:
+    cells = {(row["name"], c["batch_size"], c["seq_length"]): quiet_calls(c)
+             for row in run["variants"] if row.get("status") == "ok" for c in row.get("latency") or []}
+    base = run["baseline"]
+    return {key: median(cells[(base, *key[1:])]) / median(calls) for key, calls in cells.items()
+            if key[0] != base and calls and cells.get((base, *key[1:]))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--tolerance", type=float, default=0.10)
+    args = parser.parse_args(argv)
+    if len(args.runs) < 2:
+        parser.error("give two runs or more")
+    runs = {}
+    for path in args.runs:
+        file = path / "results.json"
+        if not file.is_file():
+            parser.error(f"{file} does not exist")
+        runs[path.name] = json.loads(file.read_text())
+    for label, median in (("middle call", statistics.median), ("Harrell-Davis", lambda x: quantile(x, 0.5))):
+        ratios = {name: speedups(run, median) for name, run in runs.items()}
+        within = total = full = 0
+        outside: dict[str, int] = {}
+        for a, b in itertools.combinations(ratios, 2):
+            shared = ratios[a].keys() & ratios[b].keys()
+            bad = [k for k in shared if abs(ratios[b][k] / ratios[a][k] - 1) > args.tolerance]
+            within, total, full = within + len(shared) - len(bad), total + len(shared), full + (not bad)
+            for k in bad:
+                outside[f"{k[0]} b{k[1]}x{k[2]}"] = outside.get(f"{k[0]} b{k[1]}x{k[2]}", 0) + 1
+        pairs = len(ratios) * (len(ratios) - 1) // 2
+        print(f"{label}: {within} of {total} speedups within {args.tolerance:.0%}, {full} of {pairs} run pairs "
+              f"agree on all" + (": outside, in how many pairs: " + ", ".join(
+                  f"{k} {n}" for k, n in sorted(outside.items(), key=lambda t: -t[1])) if outside else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
