@@ -1,12 +1,15 @@
 """How far runs of one suite agree on their speedups under two median estimates, recomputed from the
 timed calls each run recorded (results.json: every latency cell's `visits`).
 
-    python benchmarks/estimators.py RUN_DIR RUN_DIR [RUN_DIR ...] [--tolerance 0.10]
+    python benchmarks/estimators.py RUN_DIR RUN_DIR [RUN_DIR ...] [--tolerance 0.10] [--quiet-tolerance T]
 
 For every pair of runs and every speedup over the baseline (each variant's latency cells), it counts
 the pairs within the tolerance, once with the middle call (the sample median) of each cell's calls
 in quiet rounds and once with the Harrell-Davis median (lean.bench.measure.quantile, what the
-harness reports). Only interleaved runs record their calls.
+harness reports). With --quiet-tolerance, each cell's quiet rounds are chosen again from its recorded
+visits with that tolerance (lean.bench.rounds.quiet_rounds) instead of as the run marked them; the
+rounds a harness with that tolerance would have added are not there. Only interleaved runs record
+their calls.
 """
 
 from __future__ import annotations
@@ -19,15 +22,23 @@ import sys
 from pathlib import Path
 
 from lean.bench.measure import quantile
+from lean.bench.rounds import quiet_rounds
 
 
-def quiet_calls(cell: dict) -> list[float]:
-    return [t for visit in cell.get("visits", []) if visit.get("quiet", True) for t in visit["ms"]]
+def quiet_calls(cell: dict, quiet: set[int] | None = None) -> list[float]:
+    return [t for visit in cell.get("visits", []) if (visit.get("quiet", True) if quiet is None
+            else visit["round"] in quiet) for t in visit["ms"]]
 
 
-def speedups(run: dict, median) -> dict[tuple[str, int, int], float]:
-    cells = {(row["name"], c["batch_size"], c["seq_length"]): quiet_calls(c)
-             for row in run["variants"] if row.get("status") == "ok" for c in row.get("latency") or []}
+def speedups(run: dict, median, quiet_tolerance: float | None = None) -> dict[tuple[str, int, int], float]:
+    rows = [row for row in run["variants"] if row.get("status") == "ok"]
+    quiet: dict[tuple[int, int], set[int] | None] = {}
+    for key in {(c["batch_size"], c["seq_length"]) for row in rows for c in row.get("latency") or []}:
+        visits = {row["name"]: c["visits"] for row in rows for c in row.get("latency") or []
+                  if (c["batch_size"], c["seq_length"]) == key and c.get("visits")}
+        quiet[key] = None if quiet_tolerance is None else quiet_rounds(visits, quiet_tolerance)
+    cells = {(row["name"], c["batch_size"], c["seq_length"]): quiet_calls(c, quiet[c["batch_size"], c["seq_length"]])
+             for row in rows for c in row.get("latency") or []}
     base = run["baseline"]
     return {key: median(cells[(base, *key[1:])]) / median(calls) for key, calls in cells.items()
             if key[0] != base and calls and cells.get((base, *key[1:]))}
@@ -37,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--tolerance", type=float, default=0.10)
+    parser.add_argument("--quiet-tolerance", type=float, default=None)
     args = parser.parse_args(argv)
     if len(args.runs) < 2:
         parser.error("give two runs or more")
@@ -47,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"{file} does not exist")
         runs[path.name] = json.loads(file.read_text())
     for label, median in (("middle call", statistics.median), ("Harrell-Davis", lambda x: quantile(x, 0.5))):
-        ratios = {name: speedups(run, median) for name, run in runs.items()}
+        ratios = {name: speedups(run, median, args.quiet_tolerance) for name, run in runs.items()}
         within = total = full = 0
         outside: dict[str, int] = {}
         for a, b in itertools.combinations(ratios, 2):

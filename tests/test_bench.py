@@ -855,3 +855,19 @@ def test_estimators_script_counts_agreeing_speedups_under_both_medians(tmp_path,
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("middle call: 0 of 1 speedups within 10%, 0 of 1 run pairs") and "b b1x8 1" in out[0]
     assert out[1] == "Harrell-Davis: 1 of 1 speedups within 10%, 1 of 1 run pairs agree on all"
+    # --quiet-tolerance chooses the quiet rounds again: a round in which both ran slower (marked quiet
+    # in the file) is set aside, and the runs agree
+    def visits(*rounds):
+        return [{"batch_size": 1, "seq_length": 8, "visits": [{"round": r, "ms": ms, "quiet": True}
+                                                              for r, ms in enumerate(rounds)]}]
+
+    for name, base, mine in (("q1", visits([10.0] * 3, [20.0] * 3), visits([5.0] * 3, [5.5] * 3)),
+                             ("q2", visits([10.0] * 3), visits([5.0] * 3))):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps({"baseline": "a", "variants": [
+            {"name": "a", "status": "ok", "latency": base}, {"name": "b", "status": "ok", "latency": mine}]}))
+    runs = [str(tmp_path / "q1"), str(tmp_path / "q2")]
+    estimators.main(runs)
+    assert capsys.readouterr().out.splitlines()[1].startswith("Harrell-Davis: 0 of 1 speedups within 10%")
+    estimators.main(runs + ["--quiet-tolerance", "0.1"])
+    assert capsys.readouterr().out.splitlines()[1].startswith("Harrell-Davis: 1 of 1 speedups within 10%")

@@ -258,7 +258,7 @@ def to_markdown(results: dict[str, Any]) -> str:
                      "over the baseline in this same run. p90/p99 and the run counts are in results.json and results.csv."
                      + (" Every variant was loaded at once and timed in turn, round after round, each cell's calls "
                         "spread over the whole phase (`measure.interleave`). A round in which a cell's variants ran "
-                        "slower together (more than 15% past the cell's quietest round: the machine slowed down, "
+                        "slower together (more than 10% past the cell's quietest round: the machine slowed down, "
                         "which hits variants unequally) is set aside for all of them, and the medians come from the "
                         f"other rounds{_set_aside_text(results)}; results.json keeps every call and the all-rounds "
                         "median. `±N%` bounds the 90% bootstrap interval of the speedup over the quiet rounds: how "
