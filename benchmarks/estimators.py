@@ -22,12 +22,15 @@ import sys
 from pathlib import Path
 
 from lean.bench.measure import quantile
-from lean.bench.rounds import quiet_rounds
+from lean.bench.rounds import quiet_calls, quiet_rounds
 
 
-def quiet_calls(cell: dict, quiet: set[int] | None = None) -> list[float]:
-    return [t for visit in cell.get("visits", []) if (visit.get("quiet", True) if quiet is None
-            else visit["round"] in quiet) for t in visit["ms"]]
+def cell_calls(cell: dict, quiet: set[int] | None) -> list[float]:
+    """The calls of the rounds in `quiet`, or of the rounds the run marked quiet when None."""
+    visits = cell.get("visits", [])
+    if quiet is None:
+        quiet = {visit["round"] for visit in visits if visit.get("quiet", True)}
+    return quiet_calls(visits, quiet)
 
 
 def speedups(run: dict, median, quiet_tolerance: float | None = None) -> dict[tuple[str, int, int], float]:
@@ -37,7 +40,7 @@ def speedups(run: dict, median, quiet_tolerance: float | None = None) -> dict[tu
         visits = {row["name"]: c["visits"] for row in rows for c in row.get("latency") or []
                   if (c["batch_size"], c["seq_length"]) == key and c.get("visits")}
         quiet[key] = None if quiet_tolerance is None else quiet_rounds(visits, quiet_tolerance)
-    cells = {(row["name"], c["batch_size"], c["seq_length"]): quiet_calls(c, quiet[c["batch_size"], c["seq_length"]])
+    cells = {(row["name"], c["batch_size"], c["seq_length"]): cell_calls(c, quiet[c["batch_size"], c["seq_length"]])
              for row in rows for c in row.get("latency") or []}
     base = run["baseline"]
     return {key: median(cells[(base, *key[1:])]) / median(calls) for key, calls in cells.items()

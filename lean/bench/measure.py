@@ -7,8 +7,8 @@ to that variant alone and a crash marks one row. SPEC.json says what to load and
 (see `measure`); RESULT.json is rewritten after every phase, so a variant killed by the timeout
 still leaves the figures it finished. Lines starting with "@phase " on stdout tell the parent
 what is happening. With --wait the process imports that backend's libraries, loads the task
-(TASK.json) and waits for "go" on stdin before it reads SPEC.json: the harness starts the next variant's subprocess this way while
-the current one is scored, so the imports overlap.
+(TASK.json) and waits for "go" on stdin before it reads SPEC.json: the harness starts the next
+variant's subprocess this way while the current one is scored, so the imports overlap.
 
 Honest measuring (docs/bench.md): inputs are the task's real test texts, tokenized once; latency is
 taken after warm-up, synchronised on CUDA, with a fixed thread count; memory is the subprocess's
@@ -449,7 +449,7 @@ def measure(spec: dict[str, Any], result: dict[str, Any], save: Callable[[], Non
         torch.set_num_threads(threads)
         if device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
-    from lean.data import load_task
+    import lean.data  # noqa: F401  (part of the bare interpreter, here and in wait_for_turn)
 
     early = loaded_task is not None and loaded_task[0] == spec["task"]
     result["memory"] = {"device": device, "bare_rss_mb": loaded_task[2] if early else rss_now_mb(),
@@ -458,11 +458,7 @@ def measure(spec: dict[str, Any], result: dict[str, Any], save: Callable[[], Non
     result["threads"] = threads
 
     phase("loading task")
-    t = spec["task"]
-    if early:
-        task = loaded_task[1]
-    else:
-        task = load_task(t["spec"], t.get("text_column"), t.get("label_column"), int(t.get("split_seed", 42)))
+    task = loaded_task[1] if early else load_spec_task(spec["task"])
     test = task.test.take(spec.get("max_eval_samples"))
     spec["task_kind"] = task.kind  # a causal LM loads with its LM head
 
@@ -579,7 +575,14 @@ PRELOAD = {"torch": ("torch", "transformers"), "onnx": ("onnx", "onnxruntime"),
            "tfidf-logreg": ("sklearn.feature_extraction.text", "sklearn.linear_model")}
 
 
-def wait_for_turn(kind: str, task_file: str, lines) -> tuple[dict[str, Any], Any] | None:
+def load_spec_task(t: dict[str, Any]):
+    """The task a spec names: {spec, text_column, label_column, split_seed}."""
+    from lean.data import load_task
+
+    return load_task(t["spec"], t.get("text_column"), t.get("label_column"), int(t.get("split_seed", 42)))
+
+
+def wait_for_turn(kind: str, task_file: str, lines) -> tuple[dict[str, Any], Any, float] | None:
     """A subprocess started while the previous variant is still being scored: import `kind`'s libraries
     and load the task (TASK.json: the spec's "task"), seconds of one core that would otherwise come
     after the previous variant; then wait for "go" (the harness wrote the spec). -> (task spec, task,
@@ -588,11 +591,11 @@ def wait_for_turn(kind: str, task_file: str, lines) -> tuple[dict[str, Any], Any
 
     for module in PRELOAD.get(kind, ()):  # what measure() imports before it takes the bare RSS, no more
         importlib.import_module(module)
-    from lean.data import load_task
+    import lean.data  # noqa: F401
 
     bare_rss_mb = rss_now_mb()  # before the task, as measure() takes it
     t = json.loads(Path(task_file).read_text())
-    task = load_task(t["spec"], t.get("text_column"), t.get("label_column"), int(t.get("split_seed", 42)))
+    task = load_spec_task(t)
     return (t, task, bare_rss_mb) if lines.readline().strip() == "go" else None
 
 

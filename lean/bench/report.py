@@ -38,10 +38,13 @@ def speedup_interval(base: list[dict] | None, mine: list[dict] | None, resamples
                      level: float = 0.90) -> list[float] | None:
     """A bootstrap interval of the speedup (ratio of medians) over the interleaved rounds: resample the
     rounds with replacement, keep both variants' calls from the rounds drawn, take the ratio of their
-    medians (Harrell-Davis, as the cells' own); -> [low, high] holding `level` of the ratios. Its width is how far the ratio moved with the
-    machine's speed during the run (a slow spell hitting the two unequally). Only the quiet rounds count
+    medians (Harrell-Davis, as the cells' own); -> [low, high] holding `level` of the ratios. Its width
+    is how far the ratio moved with the machine's speed during the run (a slow spell hitting the two
+    unequally). Only the quiet rounds count
     (visits marked `quiet: false` are set aside, lean.bench.rounds). Deterministic (fixed seed).
     None without rounds from both (latency not interleaved)."""
+    from lean.bench.measure import quantile
+
     base = [v for v in base or [] if v.get("quiet", True)]  # the rounds the cell's figures come from
     mine = [v for v in mine or [] if v.get("quiet", True)]
     if not base or not mine:
@@ -52,8 +55,6 @@ def speedup_interval(base: list[dict] | None, mine: list[dict] | None, resamples
     for visit in mine:
         by_round.setdefault(visit["round"], ([], []))[1].extend(visit["ms"])
     rounds = list(by_round.values())
-    from lean.bench.measure import quantile
-
     rng = random.Random(0)
     ratios = []
     for _ in range(resamples):

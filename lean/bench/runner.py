@@ -35,7 +35,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from lean.bench.suite import Suite, Variant, build_step_config, step_options
+from lean.bench.suite import STARTS, Suite, Variant, build_step_config, step_options
 from lean.errors import LeanError
 
 STATUSES = ("ok", "failed", "skipped", "timeout", "oom", "interrupted")
@@ -441,7 +441,7 @@ def preload_kind(variant: Variant) -> str:
         return variant.kind
     if variant.steps:
         return "onnx" if variant.steps[-1].name == "export" else "torch"
-    if variant.start not in ("teacher", "base") and (Path(variant.start) / "model.onnx").is_file():
+    if variant.start not in STARTS and (Path(variant.start) / "model.onnx").is_file():
         return "onnx"
     return "torch"
 
@@ -466,16 +466,6 @@ def start_early(variant: Variant, threads: int, logs: Path) -> Child:
     args = ["-m", "lean.bench.measure", str(spec_file), str(result_file), "--wait", preload_kind(variant),
             str(logs / "task.json")]
     return Child(args, log, child_env(threads, variant.measure.reuse_memory), lambda line: None)
-
-
-def dismiss(child: Child) -> None:
-    """An early subprocess whose variant is not measured after all (its build failed): EOF ends it."""
-    try:
-        child.proc.stdin.close()
-        child.proc.wait(timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        child.stop()
-    child.close()
 
 
 def run_bench(suite: Suite, options: BenchOptions | None = None, console=None) -> dict[str, Any]:
@@ -548,8 +538,8 @@ def run_bench(suite: Suite, options: BenchOptions | None = None, console=None) -
             progress.variant(name, index)
             row = measure_variant(suite, variant, device, threads, options, chains, teacher_dir, logs, progress, pending,
                                   early, lambda index=index: start_next(index))
-            if name in early:  # started early, but the variant failed before its measurement
-                dismiss(early.pop(name))
+            if name in early:  # started early, but the variant failed before its measurement: "end", not "go"
+                early.pop(name).finish(timeout_s=10)
             results["variants"].append(row)
             results["run"]["steps_built"] = chains.builds
             finalize(results)
