@@ -726,12 +726,16 @@ def test_wait_until_idle_waits_for_a_spinning_process_to_stop():
     from lean.bench.runner import process_cpu_ns, wait_until_idle
 
     spin = "import time\nend = time.perf_counter() + 0.4\nwhile time.perf_counter() < end: pass\ntime.sleep(30)"
+    started = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-c", spin])
     try:
         time.sleep(0.1)  # started and spinning
         assert process_cpu_ns(proc.pid) > 0
         waited = wait_until_idle(proc.pid, max_s=5.0)
         assert 0.15 < waited < 3.0  # the spinning lasted ~0.4 s from the start
+        # on a busy VM the spinner can go unscheduled for a window and look idle early: let its 0.4 s
+        # (counted once its interpreter is up) surely end before asking again
+        time.sleep(max(0.0, started + 1.5 - time.perf_counter()))
         assert wait_until_idle(proc.pid) < 0.05  # idle now: one window
     finally:
         proc.kill()
