@@ -651,7 +651,11 @@ class _FakeProcess:
         seconds = self.seconds(len(self.asked)) if callable(self.seconds) else self.seconds
         return f"@times {b} {s} " + ",".join([str(seconds)] * int(k))
 
+    def end(self):
+        self.asked.append(("end", self.name))
+
     def finish(self, timeout_s):
+        self.asked.append(("finish", self.name))
         self.finished = True
         return 0, False
 
@@ -698,6 +702,9 @@ def test_interleaved_latency_spreads_each_cells_calls_over_rounds_within_its_bud
     assert second_cell.count("fast") == 1  # answered '-': a cell it skips, asked once
     slow, fast, crashes = pending
     assert slow.process.finished and fast.process.finished and not crashes.process.finished
+    # every process still answering is told to end before the harness waits for any (they exit together)
+    assert [a for a in asked if a[0] in ("end", "finish")] == [("end", "slow"), ("end", "fast"),
+                                                                ("finish", "slow"), ("finish", "fast")]
     assert slow.row["status"] == "ok" and "pending" not in slow.row and slow.row["latency"]
     assert crashes.row["status"] == "failed" and "killed by SIGSEGV" in crashes.row["error"]
 

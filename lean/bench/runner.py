@@ -176,14 +176,20 @@ class Child:
             return None
         return self.reply(timeout_s)
 
-    def finish(self, timeout_s: float | None) -> tuple[int, bool]:
-        """Say "end" and wait for the process to write its result and exit: (returncode, timed_out)."""
-        timed_out = False
+    def end(self) -> None:
+        """Say "end" (once): the process writes its result and exits, while the harness goes on."""
+        if self.proc.stdin.closed:
+            return
         try:
             self.proc.stdin.write("end\n")
             self.proc.stdin.close()
         except (BrokenPipeError, OSError):
             pass
+
+    def finish(self, timeout_s: float | None) -> tuple[int, bool]:
+        """Say "end" and wait for the process to write its result and exit: (returncode, timed_out)."""
+        timed_out = False
+        self.end()
         try:
             self.proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
@@ -872,6 +878,9 @@ def interleaved_latency(pending: list[Pending], progress) -> None:
     finally:
         for key in keys:  # the last round included (or the one Ctrl-C cut short)
             settle(key)
+        for p in pending:  # every process writes its result and exits at once (about a second each)
+            if p.ended is None:
+                p.process.end()
         for p in pending:
             if p.ended is None:
                 code, timed_out = p.process.finish(p.timeout_s)
