@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 import sys
 import textwrap
 import time
@@ -723,6 +724,19 @@ def test_a_cells_calls_are_spread_over_rounds_in_shares_of_its_target():
     assert p.target([1.5, 1.6]) == 8 and p.calls_now([1.5, 1.6]) == 1  # min_repeats past max_cell_s
     assert p.calls_now([0.02] * 99) == 1 and p.calls_now([0.02] * 100) == 0
     assert pending(repeats=20, min_repeats=5).target([5.0]) == 20  # no max_cell_s: every repeat
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads Linux /proc")
+def test_peak_rss_is_the_measuring_process_own_not_its_parents():
+    # ru_maxrss of a forked-then-exec'd child starts at the parent's RSS; the row must not inherit it
+    ballast = bytearray(400 * 2**20)
+    for i in range(0, len(ballast), 4096):
+        ballast[i] = 1
+    code = "from lean.bench.measure import rss_now_mb, rss_peak_mb; print(rss_now_mb(), rss_peak_mb())"
+    now, peak = map(float, subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                          check=True).stdout.split())
+    del ballast
+    assert 0 < now <= peak < 300
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads per-thread CPU time from Linux /proc")
