@@ -20,9 +20,10 @@ import os
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from lean.errors import LeanError
 from lean.models import environment, manifest_hash, resolve_model, write_manifest
@@ -88,15 +89,30 @@ def check_output_dir(out: str | os.PathLike, overwrite: bool = False) -> Path:
     return out
 
 
+@contextmanager
+def atomic_dir(out: Path) -> Iterator[Path]:
+    """A temp dir beside `out` to write into, renamed into place (replacing `out`) when the block ends;
+    removed instead when the block raises or is interrupted, so `out` is never half-written."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+        if tmp.exists():  # (a block may remove it: nothing to put in place)
+            if out.exists():
+                shutil.rmtree(out)
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def run_step(name: str, source: str, config: Any, out: str | os.PathLike, overwrite: bool = False,
              fn: Callable[..., dict] | None = None) -> Path:
     """Run a step atomically: write into a temp dir, add the manifest, rename into place."""
     out = check_output_dir(out, overwrite)
     fn = fn or step_function(name)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    start = time.perf_counter()
-    try:
+    with atomic_dir(out) as tmp:
+        start = time.perf_counter()
         extra = fn(source, config, tmp) or {}
         if int(os.environ.get("RANK", "0")) != 0:  # under torchrun / accelerate launch only rank 0 writes
             shutil.rmtree(tmp, ignore_errors=True)
@@ -114,10 +130,4 @@ def run_step(name: str, source: str, config: Any, out: str | os.PathLike, overwr
         }
         manifest.setdefault("environment", environment())
         write_manifest(tmp, manifest)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

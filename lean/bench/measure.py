@@ -240,53 +240,60 @@ class OnnxBackend(Backend):
 
 
 class ClassicalBackend(Backend):
-    """tfidf-logreg: trained here on the task's train split (seconds), timed on the same truncated texts."""
+    """tfidf-logreg: the pipeline the harness fitted on the train split (lean.bench.classical), timed on the
+    same truncated texts as the transformers."""
 
-    def __init__(self, task, spec: dict[str, Any]):
-        from lean.bench.classical import TfidfLogregConfig, fit_tfidf_logreg
+    def __init__(self, path: str, spec: dict[str, Any], task):
+        from lean.bench.classical import load_tfidf_logreg
 
-        self.config = TfidfLogregConfig(**(spec.get("classical") or {}))
-        start = time.perf_counter()
-        self.model = fit_tfidf_logreg(task.train.texts, task.train.labels, self.config)
-        self.fit_s = round(time.perf_counter() - start, 3)
+        self.path = path
+        self.model, manifest = load_tfidf_logreg(path)
+        self.fit_s = manifest.get("fit_s")
         self.label_names = list(task.label_names)
+        if manifest.get("labels") not in (None, self.label_names):
+            raise ValueError(f"'{path}' was fitted on labels {manifest['labels']}, the task has {self.label_names}")
+        # latency texts are cut at the token counts the transformers see, with the tokenizers library
+        # alone (transformers would import torch: 3 s and 400 MB that serving a linear model never pays)
         self.tokenizer = None
-        if spec.get("tokenizer_dir"):  # cut latency texts at the same token counts the transformers see
-            from lean.models import load_tokenizer
+        tokenizer_file = Path(spec.get("tokenizer_dir") or "", "tokenizer.json")
+        if spec.get("tokenizer_dir") and tokenizer_file.is_file():
+            from tokenizers import Tokenizer
 
-            self.tokenizer = load_tokenizer(spec["tokenizer_dir"])
+            self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
+            self.tokenizer.no_padding()
 
     def logits(self, texts, max_length, batch_size):
         import numpy as np
 
-        # full articles: a linear model has no length limit. Columns follow classes_ (a class absent
+        # full articles: a linear model has no length limit. In batches like the transformers (all 445
+        # test articles in one call took 150 MB more at its peak). Columns follow classes_ (a class absent
         # from a tiny train split has no column), so place them by class index.
-        log_proba = self.model.predict_log_proba(texts)
         out = np.full((len(texts), len(self.label_names)), -np.inf, dtype=np.float64)
-        out[:, self.model.classes_] = log_proba
+        for start in range(0, len(texts), batch_size):
+            out[start:start + batch_size, self.model.classes_] = \
+                self.model.predict_log_proba(list(texts[start:start + batch_size]))
         return out
 
     def prepare(self, texts, seq_length):
         if self.tokenizer is None:
             return [" ".join(t.split()[:seq_length]) for t in texts]
-        enc = self.tokenizer(list(texts), truncation=True, max_length=seq_length, return_offsets_mapping=True)
-        return [t[:max(end for _, end in offsets)] for t, offsets in zip(texts, enc["offset_mapping"])]
+        self.tokenizer.enable_truncation(max_length=seq_length)
+        encodings = self.tokenizer.encode_batch(list(texts))
+        return [t[:max((end for _, end in e.offsets), default=0)] for t, e in zip(texts, encodings)]
 
     def forward(self, inputs):
         self.model.predict_proba(inputs)
 
     def size(self):
-        import pickle
+        from lean.bench.classical import VOCABULARY, WEIGHTS, parameter_count
 
-        from lean.bench.classical import parameter_count
-
-        return {"params": parameter_count(self.model), "weights_bytes": len(pickle.dumps(self.model)),
-                "fit_s": self.fit_s}
+        return {"params": parameter_count(self.model), "fit_s": self.fit_s,
+                "weights_bytes": sum(Path(self.path, f).stat().st_size for f in (VOCABULARY, WEIGHTS))}
 
 
 def load_backend(spec: dict[str, Any], task) -> Backend:
     if spec["kind"] == "tfidf-logreg":
-        return ClassicalBackend(task, spec)
+        return ClassicalBackend(spec["model_dir"], spec, task)
     from lean.models import is_onnx_dir
 
     path = spec["model_dir"]

@@ -9,6 +9,7 @@ directory is `RUNS_DIR/<step>-<hash>`, where the hash (lean.steps.config_hash) c
 full config and its parent's hash, so the teacher is built once and reused by every variant and every
 later run. A step is built in its own subprocess (`python -m lean.bench.runner build SPEC.json`)
 through lean.steps.run_step, so a crash or a timeout marks one row and leaves no half-written dir.
+tfidf-logreg is fitted the same way, once, into `RUNS_DIR/tfidf-logreg-<hash>` (lean.bench.classical).
 
 Measuring: `python -m lean.bench.measure` per variant (see measure.py). A failure, a timeout or an
 out-of-memory is that variant's row; Ctrl-C stops the running subprocess and leaves every finished
@@ -35,6 +36,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+from lean.bench.classical import STEP as CLASSICAL_STEP
 from lean.bench.suite import STARTS, Suite, Variant, build_step_config, step_options
 from lean.errors import LeanError
 
@@ -246,12 +248,17 @@ def build_main(spec_file: str) -> int:
     spec = json.loads(Path(spec_file).read_text())
     result: dict[str, Any] = {"status": "ok"}
     try:
-        if tuple(STEPS.get(spec["step"], ())) != tuple(spec["entry"]):
-            register_step(spec["step"], *spec["entry"])
-        config = step_config(spec["step"], spec["options"])
-        if spec["step"] in TRAINING_STEPS:  # importing transformers costs seconds; only trainers report steps
-            _report_trainer_progress()
-        run_step(spec["step"], spec["source"], config, spec["out"])
+        if spec["step"] == CLASSICAL_STEP:  # tfidf-logreg: fitted on the task, not built from a model
+            from lean.bench.classical import TfidfLogregConfig, build_tfidf_logreg
+
+            build_tfidf_logreg(spec["task"], TfidfLogregConfig(**spec["options"]), spec["out"])
+        else:
+            if tuple(STEPS.get(spec["step"], ())) != tuple(spec["entry"]):
+                register_step(spec["step"], *spec["entry"])
+            config = step_config(spec["step"], spec["options"])
+            if spec["step"] in TRAINING_STEPS:  # importing transformers costs seconds; only trainers report steps
+                _report_trainer_progress()
+            run_step(spec["step"], spec["source"], config, spec["out"])
     except Exception as e:  # the step's failure is this variant's row; the harness goes on
         traceback.print_exc()
         result = {"status": classify_error(e), "error": error_text(e)}
@@ -346,18 +353,54 @@ class Chains:
             path = out
         return path, key
 
+    def classical(self, task: dict[str, Any], variant: str, records: list[dict]) -> Path:
+        """The tfidf-logreg directory fitted on `task` (a measuring spec's task), from the cache when there;
+        appends its record to `records` like a step's."""
+        from lean.bench.classical import TfidfLogregConfig
+        from lean.steps import config_dict, config_hash
+
+        config = TfidfLogregConfig()
+        key = config_hash(CLASSICAL_STEP, config, "task:" + json.dumps(task, sort_keys=True))
+        out = self.runs_dir / f"{CLASSICAL_STEP}-{key}"
+        record = {"step": CLASSICAL_STEP, "config": config_dict(config), "config_hash": key, "dir": str(out),
+                  "cached": True, "build_s": 0.0}
+        records.append(record)
+        known = self.done.get(key)
+        if isinstance(known, BuildError):
+            raise BuildError(known.status, f"{CLASSICAL_STEP} (fitted for an earlier variant) failed: {known.error}")
+        if (out / "lean.json").is_file():
+            return out
+        record["cached"] = False
+        started = time.perf_counter()
+        try:
+            self._run_build(CLASSICAL_STEP, {"task": task, "options": config_dict(config)}, out, variant,
+                            f"fit {CLASSICAL_STEP} on the train split")
+        except BuildError as e:
+            self.done[key] = e
+            raise
+        finally:
+            record["build_s"] = round(time.perf_counter() - started, 2)
+        self.builds += 1
+        self.done[key] = out
+        return out
+
     def _build_one(self, step, config, source: str, out: Path, variant: str, position: str) -> None:
         from lean.steps import STEPS
 
+        options = step_options(self.suite, step)  # the dict the parent built `config` from
+        self._run_build(step.name, {"entry": list(STEPS[step.name]), "options": options, "source": source}, out,
+                        variant, f"build {step.name} ({position})")
+
+    def _run_build(self, name: str, spec: dict[str, Any], out: Path, variant: str, label: str) -> None:
+        """Build `out` in a subprocess (build_main) from `spec`; a failure, a crash or the build timeout
+        raises BuildError."""
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         safe = _safe(variant)
-        spec_file = self.logs / f"{safe}.{step.name}.build.json"
-        result_file = self.logs / f"{safe}.{step.name}.build-result.json"
+        spec_file = self.logs / f"{safe}.{name}.build.json"
+        result_file = self.logs / f"{safe}.{name}.build-result.json"
         result_file.unlink(missing_ok=True)
-        options = step_options(self.suite, step)  # the dict the parent built `config` from
-        spec_file.write_text(json.dumps({"step": step.name, "entry": list(STEPS[step.name]), "options": options,
-                                         "source": source, "out": str(out), "result": str(result_file)}, default=str))
-        label = f"build {step.name} ({position})"
+        spec_file.write_text(json.dumps({"step": name, **spec, "out": str(out), "result": str(result_file)},
+                                        default=str))
         self.status(label)
         first: list[tuple[int, float]] = []  # (step, time) of the first progress line
 
@@ -369,19 +412,19 @@ class Chains:
                 self.status(training_progress(label, done, total, first[0], now))
 
         code, timed_out = run_child(["-m", "lean.bench.runner", "build", str(spec_file)],
-                                    self.logs / f"{safe}.{step.name}.build.log", self.build_timeout_s, on_line,
+                                    self.logs / f"{safe}.{name}.build.log", self.build_timeout_s, on_line,
                                     child_env(None))
         if timed_out:
-            raise BuildError("timeout", f"building {step.name} exceeded the {self.build_timeout_s:g} s build timeout")
+            raise BuildError("timeout", f"building {name} exceeded the {self.build_timeout_s:g} s build timeout")
         if result_file.is_file():
             result = json.loads(result_file.read_text())
             if result["status"] != "ok":
-                raise BuildError(result["status"], f"{step.name} failed: {result['error']}")
+                raise BuildError(result["status"], f"{name} failed: {result['error']}")
         elif code != 0:
             status = "oom" if code == -signal.SIGKILL else "failed"
-            raise BuildError(status, f"{step.name}: {crash_text(code, self.logs / f'{safe}.{step.name}.build.log')}")
+            raise BuildError(status, f"{name}: {crash_text(code, self.logs / f'{safe}.{name}.build.log')}")
         if not (out / "lean.json").is_file():
-            raise BuildError("failed", f"{step.name} finished but wrote no {out}/lean.json")
+            raise BuildError("failed", f"{name} finished but wrote no {out}/lean.json")
 
 
 def training_progress(label: str, done: int, total: int, first: tuple[int, float], now: float) -> str:
@@ -635,6 +678,8 @@ def measure_variant(suite: Suite, variant: Variant, device: str, threads: int, o
             else:
                 source, key = Path(resolve_model(variant.start)), source_key(variant.start)
             model_dir, _ = chains.build(str(source), key, variant.steps, f"variant '{variant.name}'", variant.name, row["chain"])
+        elif variant.kind == CLASSICAL_STEP:
+            model_dir = chains.classical(task_spec(suite), variant.name, row["chain"])
     except BuildError as e:
         row.update(status=e.status, error=e.error, phase="build")
     except LeanError as e:
@@ -646,7 +691,8 @@ def measure_variant(suite: Suite, variant: Variant, device: str, threads: int, o
     row["model_dir"] = str(model_dir) if model_dir else None
 
     # measure
-    tokenizer_dir = str(model_dir) if model_dir else _base_tokenizer_dir(suite)
+    # tfidf-logreg cuts its latency texts with the base model's tokenizer, at the token counts the transformers see
+    tokenizer_dir = str(model_dir) if model_dir and variant.kind == "model" else _base_tokenizer_dir(suite)
     spec = {
         "kind": variant.kind, "model_dir": row["model_dir"], "tokenizer_dir": tokenizer_dir,
         "load": dataclasses.asdict(variant.load), "device": device, "threads": threads,
