@@ -686,8 +686,13 @@ def test_compare_runs_checks_quality_exactly_and_speed_ratios_within_tolerance(t
     assert not noisy["agree"] and noisy["variants"][1]["within_intervals"] == ["b1x128"]
     text = format_comparison(noisy)
     assert "(-15.0%*)" in text and "0 of 1 speed ratios within 10%; 1 of the 1 others (*)" in text
+    assert "within a run" in text and "beyond both runs' spread" not in text
     b["variants"][1]["latency"][0]["speedup_interval"] = [1.6, 1.75]
-    assert compare_runs(a, b)["variants"][1]["within_intervals"] == []
+    apart = compare_runs(a, b)
+    assert apart["variants"][1]["within_intervals"] == []
+    text = format_comparison(apart)  # no interval covers it: said so, not blamed on noise within a run
+    assert "0 of the 1 others (*) have overlapping 90% intervals; 1 differ beyond both runs' spread" in text
+    assert "within a run" not in text
 
     # --rounds: one run's cells round by round; a run without per-round timings is a one-line error
     a["variants"][1]["latency"][0]["visits"] = [{"round": 0, "ms": [25.0]}, {"round": 1, "ms": [24.0, 26.0, 40.0]}]

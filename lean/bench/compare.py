@@ -95,11 +95,15 @@ def format_comparison(comparison: dict[str, Any]) -> str:
     covered = sum(len(v["within_intervals"]) for v in comparison["variants"])
     intervals = any(v["with_intervals"] for v in comparison["variants"])
     if speeds:
-        lines.append(f"{len(speeds) - len(outside)} of {len(speeds)} speed ratios within "
-                     f"{comparison['tolerance']:.0%}" + (f"; {covered} of the {len(outside)} others (*) have "
-                                                         "overlapping 90% intervals: the ratio moved that much within "
-                                                         "a run, as the machine's speed changed"
-                                                         if outside and intervals else ""))
+        line = f"{len(speeds) - len(outside)} of {len(speeds)} speed ratios within {comparison['tolerance']:.0%}"
+        if outside and intervals:
+            line += f"; {covered} of the {len(outside)} others (*) have overlapping 90% intervals"
+            if covered:
+                line += " (the ratio moved that much within a run, as the machine's speed changed)"
+            if covered < len(outside):
+                line += (f"; {len(outside) - covered} differ beyond both runs' spread: the runs caught the machine "
+                         "in different states (a slow spell as long as a run); run both again when it is quiet")
+        lines.append(line)
     lines.append("the runs agree" if comparison["agree"] else "the runs disagree")
     return "\n".join(lines)
 
