@@ -382,6 +382,7 @@ def bench(
                            threads=threads, overwrite=overwrite)
     from rich.console import Console
 
+    from lean.bench.history import spell_text
     from lean.bench.report import results_table
 
     results = run_bench(suite, options, console=Console(stderr=True))
@@ -389,6 +390,9 @@ def bench(
     if not console.is_terminal:  # a log file or a pipe: wide enough that no figure is cut to "0.98…"
         console = Console(width=220)
     console.print(results_table(results))
+    spell = spell_text(results)
+    if spell:
+        typer.echo(f"note: {spell}", err=True)
     typer.echo(f"wrote {out}/results.json, results.csv, report.md, pareto.png")
 
 

@@ -463,6 +463,11 @@ def test_second_run_reuses_built_steps(tiny_run, monkeypatch, capsys, tmp_path):
     assert again["variants"][0]["quality"]["accuracy"] == copied["quality"]["accuracy"]  # exact across runs
     assert again["variants"][0]["latency"][0]["count"] == copied["latency"][0]["count"] == 2
     assert json.loads((tmp_path / "run2" / "logs" / "copied.measure.json").read_text())["interleave"] is False
+    # each finished run joins the machine's history of baseline medians (lean.bench.history)
+    history = [json.loads(line) for line in (cache / "history.jsonl").read_text().splitlines()]
+    assert [h["key"]["baseline"] for h in history] == ["fp32", "copied"]
+    assert history[0]["cells"] == {"b2x64": _row(results, "fp32")["latency"][0]["median_ms"]}
+    assert results["run"]["machine_state"]["earlier_runs"] == 0 == again["run"]["machine_state"]["earlier_runs"]
     # the fitted tfidf-logreg is reused too: same directory, same answers
     tfidf, first_tfidf = _row(again, "tfidf-logreg"), _row(results, "tfidf-logreg")
     assert tfidf["chain"][0]["cached"] is True and tfidf["model_dir"] == first_tfidf["model_dir"]
@@ -655,6 +660,46 @@ def test_speedup_interval_spans_how_far_the_ratio_moved_over_the_rounds():
     assert "speedup_interval" not in a and b["speedup_interval"] == [low, high]
     assert interval_spread(b) == pytest.approx(max(1 - low / 2.0, high / 2.0 - 1))
     assert f"5.00 (2.00× ±{interval_spread(b):.0%})" in to_markdown(results)
+
+
+def test_a_run_is_told_when_its_baseline_ran_off_its_earlier_runs_on_the_machine(tmp_path):
+    from lean.bench.history import HISTORY, KEEP, machine_state, note_machine_state, read_history, spell_text
+    from lean.bench.report import to_markdown
+
+    def run(b1_ms, threads=2):
+        results = _run_results(0.97, 2.0)
+        results["variants"][0]["latency"][0]["median_ms"] = b1_ms
+        results.update(suite={"name": "s"}, environment={"cpu": "AMD EPYC"},
+                       run={"threads": threads, "device": "cpu", "started": "t", "runs_dir": str(tmp_path)})
+        return results
+
+    first = run(25.0)
+    note_machine_state(first, tmp_path)  # nothing earlier: nothing to tell, but the run joins the history
+    assert first["run"]["machine_state"] == {"earlier_runs": 0, "baseline_vs_earlier": {}, "spell": []}
+    for ms in (24.0, 26.0):
+        note_machine_state(run(ms), tmp_path)
+    assert len(read_history(tmp_path / HISTORY)) == 3
+    usual = run(26.5)
+    note_machine_state(usual, tmp_path)  # 6% over the median of 25, 24, 26: the machine's usual spread
+    assert usual["run"]["machine_state"] == {"earlier_runs": 3, "baseline_vs_earlier": {"b1x128": 1.06}, "spell": []}
+    assert spell_text(usual) is None and "machine state" not in to_markdown(usual)
+    slow = run(31.0)
+    note_machine_state(slow, tmp_path)
+    assert slow["run"]["machine_state"]["spell"] == ["b1x128"]
+    text = spell_text(slow)
+    assert text.startswith("this run's baseline ran +22% at b1x128 against the median of its 4 earlier runs")
+    assert "**machine state**" in to_markdown(slow) and "\n" not in text
+    # other threads (another key) have no history yet; a line cut short by a killed run is skipped
+    with (tmp_path / HISTORY).open("a") as f:
+        f.write('{"key": {"suite"')
+    assert machine_state(run(31.0, threads=1), read_history(tmp_path / HISTORY))["earlier_runs"] == 0
+    # only the latest KEEP runs count
+    entries = read_history(tmp_path / HISTORY)
+    entries = [dict(entries[0], cells={"b1x128": 100.0})] * 50 + [dict(entries[0], cells={"b1x128": 25.0})] * KEEP
+    assert machine_state(run(25.0), entries)["baseline_vs_earlier"] == {"b1x128": 1.0}
+    failed = run(25.0)
+    failed["variants"][0]["status"] = "failed"
+    assert machine_state(failed, entries) is None
 
 
 def test_compare_runs_checks_quality_exactly_and_speed_ratios_within_tolerance(tmp_path, capsys):

@@ -4,7 +4,8 @@
     results = run_bench(load_suite("benchmarks/suites/default.yaml"), BenchOptions(output="runs/bench/x"))
 
 suite.py (YAML schema), runner.py (chains, caching, subprocesses), measure.py (inside a variant's
-subprocess), report.py (results.json, results.csv, report.md, pareto.png), classical.py (tfidf-logreg).
+subprocess), report.py (results.json, results.csv, report.md, pareto.png), classical.py (tfidf-logreg),
+history.py (this run against earlier runs on the machine).
 Names are resolved lazily, so `python -m lean.bench.runner` and `-m lean.bench.measure` run their
 module once (not also as an import of this package).
 """

@@ -18,6 +18,8 @@ import random
 from pathlib import Path
 from typing import Any
 
+from lean.bench.history import HISTORY, spell_text
+
 CSV_COLUMNS = ["variant", "status", "error", "accuracy", "macro_f1", "accuracy_delta", "batch_size", "seq_length",
                "median_ms", "p90_ms", "p99_ms", "count", "throughput_sps", "speedup", "peak_rss_mb", "bare_rss_mb",
                "model_rss_mb", "cuda_peak_mb", "memory_ratio", "weights_mb", "weights_ratio", "params", "build_s",
@@ -220,6 +222,9 @@ def to_markdown(results: dict[str, Any]) -> str:
     lines.append(f"- run: started {run.get('started')}, {run.get('wall_s') or '…'} s, {run.get('steps_built', 0)} step(s) "
                  f"built (others reused from `{run.get('runs_dir')}`); baseline `{results.get('baseline')}`"
                  + ("; **interrupted**" if run.get("interrupted") else ""))
+    spell = spell_text(results)
+    if spell:
+        lines.append(f"- **machine state**: {spell} (`{Path(run.get('runs_dir') or '.') / HISTORY}`)")
     lines.append("")
     lm = task.get("kind") == "lm"  # quality is perplexity, in the language-model table below
     header = ["variant", "status"] + ([] if lm else ["accuracy", "macro-F1", "Δ acc"]) + \

@@ -519,6 +519,7 @@ def start_early(variant: Variant, threads: int, logs: Path) -> Child:
 
 def run_bench(suite: Suite, options: BenchOptions | None = None, console=None) -> dict[str, Any]:
     """Build and measure every selected variant; returns the results dict (also written to the output dir)."""
+    from lean.bench.history import note_machine_state
     from lean.bench.report import finalize, print_row, write_reports
     from lean.data import load_task
     from lean.models import environment, resolve_device
@@ -602,6 +603,7 @@ def run_bench(suite: Suite, options: BenchOptions | None = None, console=None) -
             write_reports(results, output)
             for p in pending:
                 print_row(progress.console, p.row, results)
+        note_machine_state(results, runs_dir)  # against earlier runs on this machine (lean.bench.history)
     except KeyboardInterrupt:
         results["run"]["interrupted"] = True
         done = {r["name"] for r in results["variants"]}

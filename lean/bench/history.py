@@ -1,0 +1,107 @@
+"""How this run's baseline ran against earlier runs of the same suite on the same machine.
+
+    note_machine_state(results, runs_dir)   # results["run"]["machine_state"]; the run joins the history
+
+A shared machine (a cloud VM) can stay in a slow state for a whole run: on a 2-vCPU VM the baseline's
+batch-1 calls once ran 25% slower, and ONNX int8's 70% slower, in every round of a 2-minute run.
+Within that run every round was as slow as the others, so the quiet-round logic (lean.bench.rounds)
+had nothing quieter to compare with, and its batch-1 speedups read 20 to 35% low against the runs
+before it. Only other runs can show that. So each finished run appends its baseline's median per
+latency cell to RUNS_DIR/history.jsonl, and a run compares its own with the median of up to KEEP
+earlier runs that share its key (suite, baseline and its chain, CPU or GPU, threads, device). A cell
+off by more than SPELL marks the run: results.json, report.md and the CLI say so. Tests:
+tests/test_bench.py.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+HISTORY = "history.jsonl"
+KEEP = 20  # earlier runs to compare with (the latest ones)
+MIN_EARLIER = 2  # fewer earlier runs than this: nothing to tell
+# On that VM the baseline's cell medians of ordinary runs stayed within about 10% of their median
+# (batch 32 x 128 once 13% above it); the whole-run slow state put batch 1 x 128 22% above.
+SPELL = 0.15
+
+
+def history_key(results: dict[str, Any]) -> dict[str, Any] | None:
+    """What makes two runs' baselines comparable; None without a measured baseline."""
+    base = next((r for r in results.get("variants", []) if r.get("name") == results.get("baseline")), None)
+    if not base or base.get("status") != "ok" or not base.get("latency"):
+        return None
+    env, run = results.get("environment", {}), results.get("run", {})
+    key = {"suite": results.get("suite", {}).get("name"), "baseline": base["name"],
+           "chain": [step.get("config_hash") for step in base.get("chain") or []] or base.get("model_dir"),
+           "config": base.get("config"), "machine": env.get("gpu") or env.get("cpu"),
+           "threads": run.get("threads"), "device": run.get("device")}
+    return json.loads(json.dumps(key, default=str))  # as it reads back from the file
+
+
+def baseline_cells(results: dict[str, Any]) -> dict[str, float]:
+    """{"b1x128": median ms, ...} of the baseline's measured cells."""
+    base = next(r for r in results["variants"] if r.get("name") == results.get("baseline"))
+    return {f"b{c['batch_size']}x{c['seq_length']}": c["median_ms"] for c in base.get("latency") or []
+            if c.get("median_ms")}
+
+
+def read_history(path: Path) -> list[dict[str, Any]]:
+    """Every entry of a history file; a line that does not parse (a run killed mid-write) is skipped."""
+    if not path.is_file():
+        return []
+    entries = []
+    for line in path.read_text().splitlines():
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return entries
+
+
+def machine_state(results: dict[str, Any], entries: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """{earlier_runs, baseline_vs_earlier {cell: this run's median / earlier runs' median}, spell [cells
+    off by more than SPELL]}; None when the run has no measured baseline."""
+    key = history_key(results)
+    if key is None:
+        return None
+    earlier = [e["cells"] for e in entries if e.get("key") == key][-KEEP:]
+    state: dict[str, Any] = {"earlier_runs": len(earlier), "baseline_vs_earlier": {}, "spell": []}
+    if len(earlier) < MIN_EARLIER:
+        return state
+    for cell, median_ms in baseline_cells(results).items():
+        before = [e[cell] for e in earlier if cell in e]
+        if len(before) < MIN_EARLIER:
+            continue
+        ratio = median_ms / statistics.median(before)
+        state["baseline_vs_earlier"][cell] = round(ratio, 3)
+        if abs(ratio - 1) > SPELL:
+            state["spell"].append(cell)
+    return state
+
+
+def spell_text(results: dict[str, Any]) -> str | None:
+    """One line for the report and the CLI when the run's baseline ran off its earlier runs, else None."""
+    state = (results.get("run") or {}).get("machine_state") or {}
+    if not state.get("spell"):
+        return None
+    ratios = state["baseline_vs_earlier"]
+    cells = ", ".join(f"{(ratios[c] - 1):+.0%} at {c}" for c in state["spell"])
+    return (f"this run's baseline ran {cells} against the median of its {state['earlier_runs']} earlier runs on "
+            f"this machine: this run or those caught the machine in a slow spell as long as a run, so its speedups "
+            f"may differ from theirs by more than their intervals; run it again when the machine is quiet")
+
+
+def note_machine_state(results: dict[str, Any], runs_dir: Path) -> None:
+    """Set results["run"]["machine_state"] from RUNS_DIR/history.jsonl, then append this run to it."""
+    path = Path(runs_dir) / HISTORY
+    state = machine_state(results, read_history(path))
+    if state is None:
+        return
+    results["run"]["machine_state"] = state
+    path.parent.mkdir(parents=True, exist_ok=True)
+    entry = {"key": history_key(results), "started": results["run"].get("started"), "cells": baseline_cells(results)}
+    with path.open("a") as f:  # one line per run, appended whole
+        f.write(json.dumps(entry, default=str) + "\n")
