@@ -254,13 +254,7 @@ class ClassicalBackend(Backend):
             raise ValueError(f"'{path}' was fitted on labels {manifest['labels']}, the task has {self.label_names}")
         # latency texts are cut at the token counts the transformers see, with the tokenizers library
         # alone (transformers would import torch: 3 s and 400 MB that serving a linear model never pays)
-        self.tokenizer = None
-        tokenizer_file = Path(spec.get("tokenizer_dir") or "", "tokenizer.json")
-        if spec.get("tokenizer_dir") and tokenizer_file.is_file():
-            from tokenizers import Tokenizer
-
-            self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
-            self.tokenizer.no_padding()
+        self.tokenizer = fast_tokenizer(spec.get("tokenizer_dir"))
 
     def logits(self, texts, max_length, batch_size):
         import numpy as np
@@ -304,8 +298,9 @@ def load_backend(spec: dict[str, Any], task) -> Backend:
 
 # ---- inputs for latency ---------------------------------------------------------------------------------
 
-def token_lengths(texts: list[str], tokenizer_dir: str | None) -> list[int] | None:
-    """Token counts (with special tokens) of every text, from the directory's tokenizer.json."""
+def fast_tokenizer(tokenizer_dir: str | None):
+    """The directory's tokenizer.json with the tokenizers library alone (no transformers, so no torch),
+    neither truncating nor padding; None without one."""
     if not tokenizer_dir or not (Path(tokenizer_dir) / "tokenizer.json").is_file():
         return None
     from tokenizers import Tokenizer
@@ -313,7 +308,13 @@ def token_lengths(texts: list[str], tokenizer_dir: str | None) -> list[int] | No
     tok = Tokenizer.from_file(str(Path(tokenizer_dir) / "tokenizer.json"))
     tok.no_truncation()
     tok.no_padding()
-    return [len(e.ids) for e in tok.encode_batch(texts)]
+    return tok
+
+
+def token_lengths(texts: list[str], tokenizer_dir: str | None) -> list[int] | None:
+    """Token counts (with special tokens) of every text, from the directory's tokenizer.json."""
+    tok = fast_tokenizer(tokenizer_dir)
+    return None if tok is None else [len(e.ids) for e in tok.encode_batch(texts)]
 
 
 def latency_texts(texts: list[str], lengths: list[int] | None, batch_size: int, seq_length: int,

@@ -318,7 +318,7 @@ class Chains:
 
     def build(self, source: str, key: str, steps, where: str, variant: str, records: list[dict]) -> tuple[Path, str]:
         """Build `steps` on `source` (whose chain key is `key`); append a record per step. -> (dir, key)."""
-        from lean.steps import config_dict, config_hash
+        from lean.steps import config_hash
 
         path = Path(source)
         for i, step in enumerate(steps):
@@ -329,28 +329,8 @@ class Chains:
             except LeanError as e:
                 raise BuildError("failed", str(e)) from None
             key = config_hash(step.name, config, key)
-            out = self.runs_dir / f"{step.name}-{key}"
-            record = {"step": step.name, "config": config_dict(config),
-                      "config_hash": key, "dir": str(out), "cached": True, "build_s": 0.0}
-            records.append(record)
-            known = self.done.get(key)
-            if isinstance(known, BuildError):
-                raise BuildError(known.status, f"{step.name} (built for an earlier variant) failed: {known.error}")
-            if (out / "lean.json").is_file():
-                path = out
-                continue
-            record["cached"] = False
-            started = time.perf_counter()
-            try:
-                self._build_one(step, config, str(path), out, variant, f"{i + 1}/{len(steps)}")
-            except BuildError as e:
-                self.done[key] = e
-                record["build_s"] = round(time.perf_counter() - started, 2)
-                raise
-            record["build_s"] = round(time.perf_counter() - started, 2)
-            self.builds += 1
-            self.done[key] = out
-            path = out
+            path = self._cached(step.name, config, key, records, lambda out: self._build_one(
+                step, config, str(path), out, variant, f"{i + 1}/{len(steps)}"))
         return path, key
 
     def classical(self, task: dict[str, Any], variant: str, records: list[dict]) -> Path:
@@ -361,20 +341,30 @@ class Chains:
 
         config = TfidfLogregConfig()
         key = config_hash(CLASSICAL_STEP, config, "task:" + json.dumps(task, sort_keys=True))
-        out = self.runs_dir / f"{CLASSICAL_STEP}-{key}"
-        record = {"step": CLASSICAL_STEP, "config": config_dict(config), "config_hash": key, "dir": str(out),
+        return self._cached(CLASSICAL_STEP, config, key, records, lambda out: self._run_build(
+            CLASSICAL_STEP, {"task": task, "options": config_dict(config)}, out, variant,
+            f"fit {CLASSICAL_STEP} on the train split"), verb="fitted")
+
+    def _cached(self, name: str, config, key: str, records: list[dict], build: Callable[[Path], None],
+                verb: str = "built") -> Path:
+        """RUNS_DIR/<name>-<key>: from the cache when it is there, else made by `build(out)`, whose failure
+        is remembered for the rest of the run. Appends the record {step, config, config_hash, dir, cached,
+        build_s} to `records`."""
+        from lean.steps import config_dict
+
+        out = self.runs_dir / f"{name}-{key}"
+        record = {"step": name, "config": config_dict(config), "config_hash": key, "dir": str(out),
                   "cached": True, "build_s": 0.0}
         records.append(record)
         known = self.done.get(key)
         if isinstance(known, BuildError):
-            raise BuildError(known.status, f"{CLASSICAL_STEP} (fitted for an earlier variant) failed: {known.error}")
+            raise BuildError(known.status, f"{name} ({verb} for an earlier variant) failed: {known.error}")
         if (out / "lean.json").is_file():
             return out
         record["cached"] = False
         started = time.perf_counter()
         try:
-            self._run_build(CLASSICAL_STEP, {"task": task, "options": config_dict(config)}, out, variant,
-                            f"fit {CLASSICAL_STEP} on the train split")
+            build(out)
         except BuildError as e:
             self.done[key] = e
             raise
