@@ -666,29 +666,48 @@ def test_a_run_is_told_when_its_baseline_ran_off_its_earlier_runs_on_the_machine
     from lean.bench.history import HISTORY, KEEP, machine_state, note_machine_state, read_history, spell_text
     from lean.bench.report import to_markdown
 
-    def run(b1_ms, threads=2):
-        results = _run_results(0.97, 2.0)
+    def run(b1_ms, threads=2, speedup=2.0):
+        results = _run_results(0.97, speedup)
         results["variants"][0]["latency"][0]["median_ms"] = b1_ms
         results.update(suite={"name": "s"}, environment={"cpu": "AMD EPYC"},
                        run={"threads": threads, "device": "cpu", "started": "t", "runs_dir": str(tmp_path)})
         return results
 
+    empty = {"baseline_vs_earlier": {}, "spell": [], "speedups_vs_earlier": {}, "speedups_off": []}
     first = run(25.0)
     note_machine_state(first, tmp_path)  # nothing earlier: nothing to tell, but the run joins the history
-    assert first["run"]["machine_state"] == {"earlier_runs": 0, "baseline_vs_earlier": {}, "spell": []}
+    assert first["run"]["machine_state"] == {"earlier_runs": 0, **empty}
+    assert read_history(tmp_path / HISTORY)[0]["speedups"]["int8"]["cells"] == {"b1x128": 2.0}
+    # one earlier run is enough to tell that the two differ (not which of them is off)
+    alone = machine_state(run(31.0, speedup=1.5), read_history(tmp_path / HISTORY))
+    assert alone["spell"] == ["b1x128"] and alone["speedups_off"] == ["int8 b1x128"]
+    text = spell_text({"run": {"machine_state": alone}})
+    assert text.startswith("this run's baseline ran +24% at b1x128 against its one earlier run on this machine; "
+                           "1 of 1 speedups differ by more than 10% from that run (int8 b1x128 -25%)")
     for ms in (24.0, 26.0):
         note_machine_state(run(ms), tmp_path)
     assert len(read_history(tmp_path / HISTORY)) == 3
-    usual = run(26.5)
+    usual = run(26.5, speedup=2.1)
     note_machine_state(usual, tmp_path)  # 6% over the median of 25, 24, 26: the machine's usual spread
-    assert usual["run"]["machine_state"] == {"earlier_runs": 3, "baseline_vs_earlier": {"b1x128": 1.06}, "spell": []}
+    assert usual["run"]["machine_state"] == {"earlier_runs": 3, "baseline_vs_earlier": {"b1x128": 1.06}, "spell": [],
+                                             "speedups_vs_earlier": {"int8": {"b1x128": 1.05}}, "speedups_off": []}
     assert spell_text(usual) is None and "machine state" not in to_markdown(usual)
     slow = run(31.0)
     note_machine_state(slow, tmp_path)
-    assert slow["run"]["machine_state"]["spell"] == ["b1x128"]
+    assert slow["run"]["machine_state"]["spell"] == ["b1x128"] and slow["run"]["machine_state"]["speedups_off"] == []
     text = spell_text(slow)
     assert text.startswith("this run's baseline ran +22% at b1x128 against the median of its 4 earlier runs")
     assert "**machine state**" in to_markdown(slow) and "\n" not in text
+    # a speedup that moved while the baseline held is named too
+    moved = run(25.0, speedup=2.5)
+    note_machine_state(moved, tmp_path)
+    assert moved["run"]["machine_state"]["spell"] == [] and moved["run"]["machine_state"]["speedups_off"] == ["int8 b1x128"]
+    assert spell_text(moved).startswith("1 of 1 speedups differ by more than 10% from the median of its 5 earlier runs "
+                                        "(int8 b1x128 +25%)")
+    # a variant built another way under the same name is not compared with the old one
+    rebuilt = run(25.0, speedup=3.0)
+    rebuilt["variants"][1]["chain"] = [{"config_hash": "other"}]
+    assert machine_state(rebuilt, read_history(tmp_path / HISTORY))["speedups_vs_earlier"] == {}
     # other threads (another key) have no history yet; a line cut short by a killed run is skipped
     with (tmp_path / HISTORY).open("a") as f:
         f.write('{"key": {"suite"')

@@ -33,7 +33,7 @@ def load_results(path: str | Path) -> dict[str, Any]:
         raise LeanError(f"{file} is not valid JSON ({e.msg} at line {e.lineno})") from None
 
 
-def _speed_ratios(row: dict[str, Any]) -> dict[str, tuple[float, list[float] | None]]:
+def speed_ratios(row: dict[str, Any]) -> dict[str, tuple[float, list[float] | None]]:
     """Every speed figure of a row relative to its run's baseline (higher is faster), with its interval
     when the run measured one (interleaved latency)."""
     out = {f"b{c['batch_size']}x{c['seq_length']}": (c["speedup"], c.get("speedup_interval"))
@@ -62,7 +62,7 @@ def compare_runs(a: dict[str, Any], b: dict[str, Any], tolerance: float = 0.10) 
         qa, qb = row.get("quality") or {}, other.get("quality") or {}
         quality = {k: (qa[k], qb[k]) for k in QUALITY_KEYS if k in qa and k in qb}
         quality_equal = all(x == y for x, y in quality.values())
-        ra, rb = _speed_ratios(row), _speed_ratios(other)
+        ra, rb = speed_ratios(row), speed_ratios(other)
         speeds = {k: (ra[k][0], rb[k][0], round(rb[k][0] / ra[k][0] - 1, 4)) for k in ra if k in rb}
         # a difference past the tolerance that both runs' own intervals cover: the machine's speed moved
         within_intervals = sorted(k for k, (_, _, d) in speeds.items()

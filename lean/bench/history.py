@@ -7,10 +7,12 @@ batch-1 calls once ran 25% slower, and ONNX int8's 70% slower, in every round of
 Within that run every round was as slow as the others, so the quiet-round logic (lean.bench.rounds)
 had nothing quieter to compare with, and its batch-1 speedups read 20 to 35% low against the runs
 before it. Only other runs can show that. So each finished run appends its baseline's median per
-latency cell to RUNS_DIR/history.jsonl, and a run compares its own with the median of up to KEEP
-earlier runs that share its key (suite, baseline and its chain, CPU or GPU, threads, device). A cell
-off by more than SPELL marks the run: results.json, report.md and the CLI say so. Tests:
-tests/test_bench.py.
+latency cell, and every variant's speedup per cell, to RUNS_DIR/history.jsonl, and a run compares
+its own with the median of up to KEEP earlier runs that share its key (suite, baseline and its chain,
+CPU or GPU, threads, device); with one earlier run, with that one. A baseline cell off by more than
+SPELL, or a speedup off by more than AGREE (the variant built the same way), marks the run:
+results.json, report.md and the CLI say so. So a user learns from the harness itself whether its
+speedups hold from run to run on this machine. Tests: tests/test_bench.py.
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ from typing import Any
 
 HISTORY = "history.jsonl"
 KEEP = 20  # earlier runs to compare with (the latest ones)
-MIN_EARLIER = 2  # fewer earlier runs than this: nothing to tell
+MIN_EARLIER = 1  # fewer earlier runs than this: nothing to tell
 # On that VM the baseline's cell medians of ordinary runs stayed within about 10% of their median
 # (batch 32 x 128 once 13% above it); the whole-run slow state put batch 1 x 128 22% above.
 SPELL = 0.15
+AGREE = 0.10  # a speedup further than this from its earlier runs' median is named (lean.bench.compare's tolerance)
 
 
 def history_key(results: dict[str, Any]) -> dict[str, Any] | None:
@@ -48,6 +51,24 @@ def baseline_cells(results: dict[str, Any]) -> dict[str, float]:
             if c.get("median_ms")}
 
 
+def variant_speedups(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """{variant: {"id": how it was built, "cells": {"b1x128": speedup, ...}}} of every measured variant
+    but the baseline; the id (its steps' config hashes, else its directory, and its config) tells
+    whether an earlier run's row of that name is the same variant."""
+    from lean.bench.compare import speed_ratios
+
+    out = {}
+    for row in results.get("variants", []):
+        if row.get("name") == results.get("baseline") or row.get("status") != "ok":
+            continue
+        cells = {cell: value for cell, (value, _) in speed_ratios(row).items()}
+        if cells:
+            built = [step.get("config_hash") for step in row.get("chain") or []] or row.get("model_dir")
+            ident = json.loads(json.dumps({"built": built, "config": row.get("config")}, default=str))
+            out[row["name"]] = {"id": ident, "cells": cells}
+    return out
+
+
 def read_history(path: Path) -> list[dict[str, Any]]:
     """Every entry of a history file; a line that does not parse (a run killed mid-write) is skipped."""
     if not path.is_file():
@@ -63,35 +84,61 @@ def read_history(path: Path) -> list[dict[str, Any]]:
 
 def machine_state(results: dict[str, Any], entries: list[dict[str, Any]]) -> dict[str, Any] | None:
     """{earlier_runs, baseline_vs_earlier {cell: this run's median / earlier runs' median}, spell [cells
-    off by more than SPELL]}; None when the run has no measured baseline."""
+    off by more than SPELL], speedups_vs_earlier {variant: {cell: this run's speedup / earlier runs'
+    median}}, speedups_off ["variant cell" off by more than AGREE]}; None without a measured baseline."""
     key = history_key(results)
     if key is None:
         return None
-    earlier = [e["cells"] for e in entries if e.get("key") == key][-KEEP:]
-    state: dict[str, Any] = {"earlier_runs": len(earlier), "baseline_vs_earlier": {}, "spell": []}
+    earlier = [e for e in entries if e.get("key") == key][-KEEP:]
+    state: dict[str, Any] = {"earlier_runs": len(earlier), "baseline_vs_earlier": {}, "spell": [],
+                             "speedups_vs_earlier": {}, "speedups_off": []}
     if len(earlier) < MIN_EARLIER:
         return state
     for cell, median_ms in baseline_cells(results).items():
-        before = [e[cell] for e in earlier if cell in e]
+        before = [e["cells"][cell] for e in earlier if cell in e.get("cells", {})]
         if len(before) < MIN_EARLIER:
             continue
         ratio = median_ms / statistics.median(before)
         state["baseline_vs_earlier"][cell] = round(ratio, 3)
         if abs(ratio - 1) > SPELL:
             state["spell"].append(cell)
+    for name, mine in variant_speedups(results).items():
+        same = [e["speedups"][name]["cells"] for e in earlier
+                if (e.get("speedups") or {}).get(name, {}).get("id") == mine["id"]]
+        for cell, speedup in mine["cells"].items():
+            before = [s[cell] for s in same if s.get(cell)]
+            if len(before) < MIN_EARLIER:
+                continue
+            ratio = speedup / statistics.median(before)
+            state["speedups_vs_earlier"].setdefault(name, {})[cell] = round(ratio, 3)
+            if abs(ratio - 1) > AGREE:
+                state["speedups_off"].append(f"{name} {cell}")
     return state
 
 
 def spell_text(results: dict[str, Any]) -> str | None:
     """One line for the report and the CLI when the run's baseline ran off its earlier runs, else None."""
     state = (results.get("run") or {}).get("machine_state") or {}
-    if not state.get("spell"):
+    off = state.get("speedups_off") or []
+    if not state.get("spell") and not off:
         return None
-    ratios = state["baseline_vs_earlier"]
-    cells = ", ".join(f"{(ratios[c] - 1):+.0%} at {c}" for c in state["spell"])
-    return (f"this run's baseline ran {cells} against the median of its {state['earlier_runs']} earlier runs on "
-            f"this machine: this run or those caught the machine in a slow spell as long as a run, so its speedups "
-            f"may differ from theirs by more than their intervals; run it again when the machine is quiet")
+    n = state["earlier_runs"]
+    against = "its one earlier run" if n == 1 else f"the median of its {n} earlier runs"
+    parts = []
+    if state.get("spell"):
+        ratios = state["baseline_vs_earlier"]
+        cells = ", ".join(f"{(ratios[c] - 1):+.0%} at {c}" for c in state["spell"])
+        parts.append(f"this run's baseline ran {cells} against {against} on this machine")
+    if off:
+        moved = state["speedups_vs_earlier"]
+        named = ", ".join(f"{v} {c} {moved[v][c] - 1:+.0%}" for v, c in (o.rsplit(" ", 1) for o in off[:4]))
+        total = sum(len(cells) for cells in moved.values())
+        source = against if not state.get("spell") else "that run" if n == 1 else "those runs' median"
+        parts.append(f"{len(off)} of {total} speedups differ by more than {AGREE:.0%} from {source} "
+                     f"({named}{', ...' if len(off) > 4 else ''})")
+    who = "this run or that one" if n == 1 else "this run or those"
+    return ("; ".join(parts) + f": {who} caught the machine in a slow spell or a different state, so trust only "
+            "the speedups that agree; run it again when the machine is quiet")
 
 
 def note_machine_state(results: dict[str, Any], runs_dir: Path) -> None:
@@ -102,6 +149,7 @@ def note_machine_state(results: dict[str, Any], runs_dir: Path) -> None:
         return
     results["run"]["machine_state"] = state
     path.parent.mkdir(parents=True, exist_ok=True)
-    entry = {"key": history_key(results), "started": results["run"].get("started"), "cells": baseline_cells(results)}
+    entry = {"key": history_key(results), "started": results["run"].get("started"), "cells": baseline_cells(results),
+             "speedups": variant_speedups(results)}
     with path.open("a") as f:  # one line per run, appended whole
         f.write(json.dumps(entry, default=str) + "\n")
