@@ -908,6 +908,29 @@ def test_wait_until_idle_waits_for_a_spinning_process_to_stop():
         proc.wait()
 
 
+def test_serve_latency_times_each_visit_through_the_distinct_batches(capsys):
+    # a TF-IDF call's cost depends on the text, and one batch timed over and over finds its
+    # vocabulary entries in the cache: the timed calls go on through the batches from visit to visit
+    from lean.bench.measure import serve_latency
+
+    calls = []
+
+    class Backend:
+        def forward(self, batch):
+            calls.append(batch)
+
+        def sync(self):
+            pass
+
+    entry = {"cell": {"batch_size": 1, "seq_length": 8}, "times": [], "warmed": None, "batches": list("abcde")}
+    serve_latency(Backend(), [entry], {"warmup": 0, "max_cell_s": None}, ["time 1 8 3 2", "time 1 8 3", "time 1 9 1", "end"])
+    assert calls == ["a", "b"] + ["a", "b", "c"] + ["d", "e", "a"]  # 2 untimed, 3 timed; then 3 timed
+    assert len(entry["times"]) == 6
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "@ready" and out[1].startswith("@times 1 8 ") and len(out[1].split()[3].split(",")) == 3
+    assert out[3] == "@times 1 9 -"  # a cell this variant does not measure
+
+
 def test_rewarm_calls_fill_a_short_time_before_a_fast_cells_timed_calls():
     from lean.bench.runner import REWARM_S, rewarm_calls
 

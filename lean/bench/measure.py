@@ -429,8 +429,8 @@ def serve_latency(backend: Backend, cells: list[dict[str, Any]], spec: dict[str,
         for u in range(untimed):
             backend.forward(entry["batches"][u % len(entry["batches"])])
             backend.sync()
-        new = [timed_call(backend.forward, backend.sync, entry["batches"][len(entry["times"]) % len(entry["batches"])])
-               for _ in range(calls)]
+        done, n = len(entry["times"]), len(entry["batches"])  # the timed calls go on through the distinct batches
+        new = [timed_call(backend.forward, backend.sync, entry["batches"][(done + i) % n]) for i in range(calls)]
         entry["times"].extend(new)
         print(f"@times {batch_size} {seq_length} " + ",".join(f"{t:.9f}" for t in new), flush=True)
 
