@@ -813,7 +813,8 @@ class Pending:
 
 def rewarm_calls(times: list[float]) -> int:
     """Untimed calls to start a visit with: after the other variants ran, the first calls find cold
-    caches and sleeping threads (a TF-IDF call took 5.2 ms, then 3.6 ms from the fourth on), which
+    caches and sleeping threads (after 0.6 s of a two-thread PyTorch workload, a TF-IDF batch-32 call
+    took 1.5 times its steady 3.9 ms, and about 8 calls to get there), which
     costs little beside 0.1 s but a lot beside 1 ms; so a fast cell gets REWARM_S of untimed calls."""
     if not times:
         return 0
