@@ -691,13 +691,17 @@ def test_a_run_is_told_when_its_baseline_ran_off_its_earlier_runs_on_the_machine
     note_machine_state(usual, tmp_path)  # 6% over the median of 25, 24, 26: the machine's usual spread
     assert usual["run"]["machine_state"] == {"earlier_runs": 3, "baseline_vs_earlier": {"b1x128": 1.06}, "spell": [],
                                              "speedups_vs_earlier": {"int8": {"b1x128": 1.05}}, "speedups_off": []}
-    assert spell_text(usual) is None and "machine state" not in to_markdown(usual)
+    assert spell_text(usual) is None and "- **machine state**: this run" not in to_markdown(usual)
+    assert "compared with the median of the 3 earlier runs of this suite on this machine" in to_markdown(usual)
+    assert "is named above; none was." in to_markdown(usual)
     slow = run(31.0)
     note_machine_state(slow, tmp_path)
     assert slow["run"]["machine_state"]["spell"] == ["b1x128"] and slow["run"]["machine_state"]["speedups_off"] == []
     text = spell_text(slow)
     assert text.startswith("this run's baseline ran +22% at b1x128 against the median of its 4 earlier runs")
-    assert "**machine state**" in to_markdown(slow) and "\n" not in text
+    assert "- **machine state**: this run's baseline ran +22%" in to_markdown(slow) and "\n" not in text
+    assert "is named above; trust the speedups that agree." in to_markdown(slow)
+    assert "compared with" not in to_markdown(first)  # nothing earlier: no guide line either
     # a speedup that moved while the baseline held is named too
     moved = run(25.0, speedup=2.5)
     note_machine_state(moved, tmp_path)

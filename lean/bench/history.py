@@ -117,7 +117,8 @@ def machine_state(results: dict[str, Any], entries: list[dict[str, Any]]) -> dic
 
 
 def spell_text(results: dict[str, Any]) -> str | None:
-    """One line for the report and the CLI when the run's baseline ran off its earlier runs, else None."""
+    """One line for the report and the CLI when the run's baseline or any of its speedups ran off its
+    earlier runs on the machine, else None."""
     state = (results.get("run") or {}).get("machine_state") or {}
     off = state.get("speedups_off") or []
     if not state.get("spell") and not off:

@@ -18,7 +18,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from lean.bench.history import HISTORY, spell_text
+from lean.bench.history import AGREE, HISTORY, SPELL, spell_text
 
 CSV_COLUMNS = ["variant", "status", "error", "accuracy", "macro_f1", "accuracy_delta", "batch_size", "seq_length",
                "median_ms", "p90_ms", "p99_ms", "count", "throughput_sps", "speedup", "peak_rss_mb", "bare_rss_mb",
@@ -275,6 +275,14 @@ def to_markdown(results: dict[str, Any]) -> str:
               "so `model_rss_mb` is what the model and its inference added.",
               "- Compare rows only within one report: absolute times depend on the machine and its load; quote the "
               "ratios. A variant that needs hardware this machine lacks is listed as skipped, with the reason."]
+    state = (results.get("run") or {}).get("machine_state") or {}
+    if state.get("earlier_runs"):
+        n = state["earlier_runs"]
+        guide.append(f"- **earlier runs**: this run's baseline and speedups were compared with "
+                     f"{'the one earlier run' if n == 1 else f'the median of the {n} earlier runs'} of this suite on "
+                     "this machine (same baseline, threads and device; `run.machine_state` in results.json): a baseline "
+                     f"cell more than {SPELL:.0%} off, or a speedup more than {AGREE:.0%} off, is named above; "
+                     + ("none was." if not spell_text(results) else "trust the speedups that agree."))
     if lm:
         plot = "perplexity against decode speed"
         guide.append("- The Pareto plot places each variant at its test perplexity and its decode tokens/s at the "
