@@ -22,6 +22,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from lean.bench.compare import speed_ratios
+
 HISTORY = "history.jsonl"
 KEEP = 20  # earlier runs to compare with (the latest ones)
 MIN_EARLIER = 1  # fewer earlier runs than this: nothing to tell
@@ -31,17 +33,25 @@ SPELL = 0.15
 AGREE = 0.10  # a speedup further than this from its earlier runs' median is named (lean.bench.compare's tolerance)
 
 
+def _read_back(value: Any) -> Any:
+    """`value` as it reads back from the history file (tuples as lists, paths and other objects as strings)."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def _built(row: dict[str, Any]) -> Any:
+    """How a row's model was made: its steps' config hashes, else its directory."""
+    return [step.get("config_hash") for step in row.get("chain") or []] or row.get("model_dir")
+
+
 def history_key(results: dict[str, Any]) -> dict[str, Any] | None:
     """What makes two runs' baselines comparable; None without a measured baseline."""
     base = next((r for r in results.get("variants", []) if r.get("name") == results.get("baseline")), None)
     if not base or base.get("status") != "ok" or not base.get("latency"):
         return None
     env, run = results.get("environment", {}), results.get("run", {})
-    key = {"suite": results.get("suite", {}).get("name"), "baseline": base["name"],
-           "chain": [step.get("config_hash") for step in base.get("chain") or []] or base.get("model_dir"),
-           "config": base.get("config"), "machine": env.get("gpu") or env.get("cpu"),
-           "threads": run.get("threads"), "device": run.get("device")}
-    return json.loads(json.dumps(key, default=str))  # as it reads back from the file
+    return _read_back({"suite": results.get("suite", {}).get("name"), "baseline": base["name"], "chain": _built(base),
+                       "config": base.get("config"), "machine": env.get("gpu") or env.get("cpu"),
+                       "threads": run.get("threads"), "device": run.get("device")})
 
 
 def baseline_cells(results: dict[str, Any]) -> dict[str, float]:
@@ -55,18 +65,23 @@ def variant_speedups(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """{variant: {"id": how it was built, "cells": {"b1x128": speedup, ...}}} of every measured variant
     but the baseline; the id (its steps' config hashes, else its directory, and its config) tells
     whether an earlier run's row of that name is the same variant."""
-    from lean.bench.compare import speed_ratios
-
     out = {}
     for row in results.get("variants", []):
         if row.get("name") == results.get("baseline") or row.get("status") != "ok":
             continue
         cells = {cell: value for cell, (value, _) in speed_ratios(row).items()}
         if cells:
-            built = [step.get("config_hash") for step in row.get("chain") or []] or row.get("model_dir")
-            ident = json.loads(json.dumps({"built": built, "config": row.get("config")}, default=str))
-            out[row["name"]] = {"id": ident, "cells": cells}
+            out[row["name"]] = {"id": _read_back({"built": _built(row), "config": row.get("config")}), "cells": cells}
     return out
+
+
+def history_entry(results: dict[str, Any]) -> dict[str, Any] | None:
+    """This run's line of the history file; None without a measured baseline."""
+    key = history_key(results)
+    if key is None:
+        return None
+    return {"key": key, "started": (results.get("run") or {}).get("started"), "cells": baseline_cells(results),
+            "speedups": variant_speedups(results)}
 
 
 def read_history(path: Path) -> list[dict[str, Any]]:
@@ -82,38 +97,42 @@ def read_history(path: Path) -> list[dict[str, Any]]:
     return entries
 
 
-def machine_state(results: dict[str, Any], entries: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """{earlier_runs, baseline_vs_earlier {cell: this run's median / earlier runs' median}, spell [cells
-    off by more than SPELL], speedups_vs_earlier {variant: {cell: this run's speedup / earlier runs'
-    median}}, speedups_off ["variant cell" off by more than AGREE]}; None without a measured baseline."""
-    key = history_key(results)
-    if key is None:
-        return None
-    earlier = [e for e in entries if e.get("key") == key][-KEEP:]
+def _against(mine: dict[str, float], earlier: list[dict[str, float]], limit: float,
+             ratios: dict[str, float], off: list[str], label: str = "") -> None:
+    """For each cell of `mine` that MIN_EARLIER of `earlier` have: its ratio to their median into `ratios`,
+    and `label + cell` into `off` when the ratio is more than `limit` from 1."""
+    for cell, value in mine.items():
+        before = [e[cell] for e in earlier if e.get(cell)]
+        if len(before) < MIN_EARLIER:
+            continue
+        ratios[cell] = round(value / statistics.median(before), 3)
+        if abs(ratios[cell] - 1) > limit:
+            off.append(label + cell)
+
+
+def _state(entry: dict[str, Any], entries: list[dict[str, Any]]) -> dict[str, Any]:
+    earlier = [e for e in entries if e.get("key") == entry["key"]][-KEEP:]
     state: dict[str, Any] = {"earlier_runs": len(earlier), "baseline_vs_earlier": {}, "spell": [],
                              "speedups_vs_earlier": {}, "speedups_off": []}
     if len(earlier) < MIN_EARLIER:
         return state
-    for cell, median_ms in baseline_cells(results).items():
-        before = [e["cells"][cell] for e in earlier if cell in e.get("cells", {})]
-        if len(before) < MIN_EARLIER:
-            continue
-        ratio = median_ms / statistics.median(before)
-        state["baseline_vs_earlier"][cell] = round(ratio, 3)
-        if abs(ratio - 1) > SPELL:
-            state["spell"].append(cell)
-    for name, mine in variant_speedups(results).items():
+    _against(entry["cells"], [e.get("cells", {}) for e in earlier], SPELL, state["baseline_vs_earlier"], state["spell"])
+    for name, mine in entry["speedups"].items():
         same = [e["speedups"][name]["cells"] for e in earlier
                 if (e.get("speedups") or {}).get(name, {}).get("id") == mine["id"]]
-        for cell, speedup in mine["cells"].items():
-            before = [s[cell] for s in same if s.get(cell)]
-            if len(before) < MIN_EARLIER:
-                continue
-            ratio = speedup / statistics.median(before)
-            state["speedups_vs_earlier"].setdefault(name, {})[cell] = round(ratio, 3)
-            if abs(ratio - 1) > AGREE:
-                state["speedups_off"].append(f"{name} {cell}")
+        ratios: dict[str, float] = {}
+        _against(mine["cells"], same, AGREE, ratios, state["speedups_off"], f"{name} ")
+        if ratios:
+            state["speedups_vs_earlier"][name] = ratios
     return state
+
+
+def machine_state(results: dict[str, Any], entries: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """{earlier_runs, baseline_vs_earlier {cell: this run's median / earlier runs' median}, spell [cells
+    off by more than SPELL], speedups_vs_earlier {variant: {cell: this run's speedup / earlier runs'
+    median}}, speedups_off ["variant cell" off by more than AGREE]}; None without a measured baseline."""
+    entry = history_entry(results)
+    return None if entry is None else _state(entry, entries)
 
 
 def spell_text(results: dict[str, Any]) -> str | None:
@@ -145,12 +164,10 @@ def spell_text(results: dict[str, Any]) -> str | None:
 def note_machine_state(results: dict[str, Any], runs_dir: Path) -> None:
     """Set results["run"]["machine_state"] from RUNS_DIR/history.jsonl, then append this run to it."""
     path = Path(runs_dir) / HISTORY
-    state = machine_state(results, read_history(path))
-    if state is None:
+    entry = history_entry(results)
+    if entry is None:
         return
-    results["run"]["machine_state"] = state
+    results["run"]["machine_state"] = _state(entry, read_history(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    entry = {"key": history_key(results), "started": results["run"].get("started"), "cells": baseline_cells(results),
-             "speedups": variant_speedups(results)}
     with path.open("a") as f:  # one line per run, appended whole
         f.write(json.dumps(entry, default=str) + "\n")

@@ -282,7 +282,7 @@ def to_markdown(results: dict[str, Any]) -> str:
                      f"{'the one earlier run' if n == 1 else f'the median of the {n} earlier runs'} of this suite on "
                      "this machine (same baseline, threads and device; `run.machine_state` in results.json): a baseline "
                      f"cell more than {SPELL:.0%} off, or a speedup more than {AGREE:.0%} off, is named above; "
-                     + ("none was." if not spell_text(results) else "trust the speedups that agree."))
+                     + ("trust the speedups that agree." if spell else "none was."))
     if lm:
         plot = "perplexity against decode speed"
         guide.append("- The Pareto plot places each variant at its test perplexity and its decode tokens/s at the "
