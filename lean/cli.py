@@ -345,6 +345,8 @@ def bench(
     threads: Optional[int] = typer.Option(None, help="Intra-op threads (default: the suite's, else one per physical core)."),
     list_variants: bool = typer.Option(False, "--list", help="Print the suite's variants and whether each can run here, then exit."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty output directory."),
+    rigorous: bool = typer.Option(False, "--rigorous", help="Time every latency cell three times as long: steadier "
+                                  "speedups on a noisy machine, about two minutes more on the default suite."),
 ):
     """Measure accuracy, latency and memory of every variant in a suite (default: the built-in suite)."""
     from lean.bench.suite import directories_suite, load_suite
@@ -379,7 +381,7 @@ def bench(
 
     out = check_output_dir(output or default_output(suite), overwrite)
     options = BenchOptions(output=out, runs_dir=runs_dir, variants=selected, timeout_s=timeout, device=device,
-                           threads=threads, overwrite=overwrite)
+                           threads=threads, overwrite=overwrite, rigorous=rigorous)
     from rich.console import Console
 
     from lean.bench.history import spell_text

@@ -604,6 +604,45 @@ def test_cli_bad_suite_exits_2_with_one_line(monkeypatch, capsys, tmp_path):
     assert code == 0 and "fp16" in out and "student-l3+onnx-int8" in out
 
 
+
+def test_rigorous_times_every_cell_three_times_as_long(tmp_path, tiny_bert_dir, bbc_csv, monkeypatch, capsys, tiny_run):
+    from lean.bench import runner
+
+    default = load_suite()
+    longer = default.longer(runner.RIGOROUS_FACTOR)
+    for before, after in [(default.measure, longer.measure)] + [
+            (default.variants[n].measure, longer.variants[n].measure) for n in default.variants]:
+        assert (after.repeats, after.min_repeats, after.max_cell_s) == \
+            (3 * before.repeats, 3 * before.min_repeats, 3 * before.max_cell_s)
+        assert (after.warmup, after.batch_sizes, after.timeout_s) == (before.warmup, before.batch_sizes, before.timeout_s)
+    assert default.measure.repeats == 60 and longer.variants["sdpa"].steps == default.variants["sdpa"].steps
+
+    data = _tiny_suite(tiny_bert_dir, bbc_csv, tmp_path / "c")
+    suite = parse_suite({**data, "variants": {k: data["variants"][k] for k in ("fp32", "tfidf-logreg")}})
+    results = runner.run_bench(suite, runner.BenchOptions(output=tmp_path / "out", runs_dir=tmp_path / "cache",
+                                                          quiet=True, rigorous=True))
+    assert results["run"]["rigorous"] is True and results["suite"]["measure"]["repeats"] == 6  # 2 in the suite
+    assert "`--rigorous`" in (tmp_path / "out" / "report.md").read_text()
+    plain, plain_dir = tiny_run[0], tiny_run[1]  # the same suite without the flag: 2 calls a cell
+    assert plain["run"]["rigorous"] is False and "rigorous" not in (plain_dir / "report.md").read_text()
+    assert all(c["count"] < 6 for r in plain["variants"] if r["status"] == "ok" and r.get("latency")
+               for c in r["latency"] if "count" in c)
+    for row in results["variants"]:
+        cell = row["latency"][0]
+        assert row["status"] == "ok" and (cell.get("all_rounds") or cell)["count"] >= 6, row["name"]
+
+    seen = []
+
+    def stop(suite, options, console=None):
+        seen.append(options.rigorous)
+        raise LeanError("stopped before measuring")
+
+    monkeypatch.setattr(runner, "run_bench", stop)
+    for args in (["--rigorous"], []):
+        code, _, err = _cli(monkeypatch, capsys, "bench", *args, "-o", str(tmp_path / "cli"))
+        assert code == 2 and "stopped before measuring" in err
+    assert seen == [True, False]
+
 @pytest.mark.skipif(sys.version_info < (3, 11), reason="PYTHONSAFEPATH needs Python 3.11")
 def test_children_started_from_a_checkout_do_not_import_its_kernels_folder():
     # transformers and bitsandbytes probe for the Hub's `kernels` package; a child started with `python -m`

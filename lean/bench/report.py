@@ -221,7 +221,8 @@ def to_markdown(results: dict[str, Any]) -> str:
                  f"commit `{env.get('git_commit')}`")
     lines.append(f"- run: started {run.get('started')}, {run.get('wall_s') or '…'} s, {run.get('steps_built', 0)} step(s) "
                  f"built (others reused from `{run.get('runs_dir')}`); baseline `{results.get('baseline')}`"
-                 + ("; **interrupted**" if run.get("interrupted") else ""))
+                 + ("; **interrupted**" if run.get("interrupted") else "")
+                 + ("; `--rigorous` (every latency cell timed three times as long)" if run.get("rigorous") else ""))
     spell = spell_text(results)
     if spell:
         lines.append(f"- **machine state**: {spell} (`{Path(run.get('runs_dir') or '.') / HISTORY}`)")

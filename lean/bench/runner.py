@@ -55,6 +55,14 @@ class BenchOptions:
     threads: int | None = None  # overrides the suite's measure.threads
     overwrite: bool = False
     quiet: bool = False  # no progress display (the per-variant lines still print)
+    rigorous: bool = False  # time every latency cell RIGOROUS_FACTOR times as long (steadier ratios, longer run)
+
+
+# `lean bench --rigorous`: each cell's calls (repeats, min_repeats, max_cell_s) times this, over as many rounds, so
+# they spread over three times as long. On a 2-vCPU VM whose cores change speed for seconds to minutes, four
+# default warm runs (2:04 to 2:45) agreed on 101 of 120 speedups within 10% pair by pair, and four rigorous
+# runs alternated with them (3:52 to 4:07) on 120 of 120 (benchmarks/results/2026-11-30-cpu-default-rigorous-agreement.md).
+RIGOROUS_FACTOR = 3
 
 
 class BuildError(Exception):
@@ -518,6 +526,8 @@ def run_bench(suite: Suite, options: BenchOptions | None = None, console=None) -
 
     options = options or BenchOptions()
     output = check_output_dir(options.output or default_output(suite), options.overwrite)
+    if options.rigorous:
+        suite = suite.longer(RIGOROUS_FACTOR)
     names = select_variants(suite, options.variants)
     device = resolve_device(options.device)
     threads = options.threads or suite.measure.threads or physical_cores()
@@ -534,7 +544,7 @@ def run_bench(suite: Suite, options: BenchOptions | None = None, console=None) -
         "suite": suite.to_dict(),
         "run": {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "finished": None, "wall_s": None,
                 "output": str(output.resolve()), "runs_dir": str(runs_dir), "device": device, "threads": threads,
-                "selected": names, "interrupted": False, "steps_built": 0},
+                "selected": names, "interrupted": False, "steps_built": 0, "rigorous": options.rigorous},
         "environment": environment(device) | {"threads": threads},
         "task": task.describe(),
         "baseline": suite.baseline,

@@ -103,6 +103,11 @@ class MeasureConfig:
         if self.max_length is not None and self.max_length < 8:
             raise LeanError(f"measure.max_length must be at least 8, got {self.max_length}")
 
+    def longer(self, factor: int) -> "MeasureConfig":
+        """This config with `factor` times the timed calls and time per latency cell (`lean bench --rigorous`)."""
+        return dataclasses.replace(self, repeats=self.repeats * factor, min_repeats=self.min_repeats * factor,
+                                   max_cell_s=None if self.max_cell_s is None else self.max_cell_s * factor)
+
     def replace(self, overrides: dict[str, Any], where: str) -> "MeasureConfig":
         known = {f.name for f in dataclasses.fields(self)}
         overrides = _check_keys(where, overrides, known)
@@ -172,6 +177,11 @@ class Suite:
                 "teacher": self.teacher if isinstance(self.teacher, str) else [s.to_dict() for s in self.teacher],
                 "baseline": self.baseline, "measure": dataclasses.asdict(self.measure),
                 "variants": {n: v.config() for n, v in self.variants.items()}}
+
+    def longer(self, factor: int) -> "Suite":
+        """This suite with every variant's latency cells timed `factor` times as long (MeasureConfig.longer)."""
+        return dataclasses.replace(self, measure=self.measure.longer(factor), variants={
+            n: dataclasses.replace(v, measure=v.measure.longer(factor)) for n, v in self.variants.items()})
 
 
 SUITE_KEYS = {"name", "description", "task", "text_column", "label_column", "split_seed", "base", "teacher",
