@@ -604,7 +604,6 @@ def test_cli_bad_suite_exits_2_with_one_line(monkeypatch, capsys, tmp_path):
     assert code == 0 and "fp16" in out and "student-l3+onnx-int8" in out
 
 
-
 def test_rigorous_times_every_cell_three_times_as_long(tmp_path, tiny_bert_dir, bbc_csv, monkeypatch, capsys, tiny_run):
     from lean.bench import runner
 
@@ -642,6 +641,7 @@ def test_rigorous_times_every_cell_three_times_as_long(tmp_path, tiny_bert_dir, 
         code, _, err = _cli(monkeypatch, capsys, "bench", *args, "-o", str(tmp_path / "cli"))
         assert code == 2 and "stopped before measuring" in err
     assert seen == [True, False]
+
 
 @pytest.mark.skipif(sys.version_info < (3, 11), reason="PYTHONSAFEPATH needs Python 3.11")
 def test_children_started_from_a_checkout_do_not_import_its_kernels_folder():

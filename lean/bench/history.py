@@ -1,4 +1,4 @@
-"""How this run's baseline ran against earlier runs of the same suite on the same machine.
+"""How this run's baseline and speedups ran against earlier runs of the same suite on the same machine.
 
     note_machine_state(results, runs_dir)   # results["run"]["machine_state"]; the run joins the history
 
