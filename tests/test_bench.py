@@ -346,6 +346,13 @@ def test_report_files(tiny_run):
     results, out, *_ = tiny_run
     on_disk = json.loads((out / "results.json").read_text())
     assert on_disk["schema_version"] == 1 and on_disk["run"]["threads"] == 1
+    # the tolerance the quiet rounds were chosen with is the run's, and the reading guide quotes it
+    from lean.bench.report import to_markdown
+    from lean.bench.rounds import QUIET_TOLERANCE
+
+    assert on_disk["run"]["quiet_tolerance"] == QUIET_TOLERANCE == 0.15
+    assert "more than 15% past the cell's quietest round" in (out / "report.md").read_text()
+    assert "more than 10% past" in to_markdown({**on_disk, "run": {**on_disk["run"], "quiet_tolerance": 0.1}})
     assert on_disk["environment"]["cpu"] and "torch" in on_disk["environment"]["versions"]
     assert [r["name"] for r in on_disk["variants"]] == ["fp32", "copied", "boom", "slow", "needs-gpu", "tfidf-logreg"]
     assert on_disk["variants"][1]["config"]["steps"][0]["copy"]["counter"]

@@ -199,6 +199,13 @@ def _spread_text(cell: dict[str, Any]) -> str:
     return "" if spread is None else f" ±{spread:.0%}"
 
 
+def _tolerance(results: dict[str, Any]) -> float:
+    """How much slower than a cell's quietest round a round could run and still count (the run's own)."""
+    from lean.bench.rounds import QUIET_TOLERANCE
+
+    return results.get("run", {}).get("quiet_tolerance", QUIET_TOLERANCE)
+
+
 def _set_aside_text(results: dict[str, Any]) -> str:
     """' (here: 3 of 36 cell rounds set aside)': the baseline's rounds, which every other row shares."""
     base = _row(results, results.get("baseline")) or {}
@@ -265,7 +272,7 @@ def to_markdown(results: dict[str, Any]) -> str:
                      "over the baseline in this same run. p90/p99 and the run counts are in results.json and results.csv."
                      + (" Every variant was loaded at once and timed in turn, round after round, each cell's calls "
                         "spread over the whole phase (`measure.interleave`). A round in which a cell's variants ran "
-                        "slower together (more than 10% past the cell's quietest round: the machine slowed down, "
+                        f"slower together (more than {_tolerance(results):.0%} past the cell's quietest round: the machine slowed down, "
                         "which hits variants unequally) is set aside for all of them, and the medians come from the "
                         f"other rounds{_set_aside_text(results)}; results.json keeps every call and the all-rounds "
                         "median. `±N%` bounds the 90% bootstrap interval of the speedup over the quiet rounds: how "

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from lean.bench.classical import STEP as CLASSICAL_STEP
+from lean.bench.rounds import QUIET_TOLERANCE
 from lean.bench.suite import STARTS, Suite, Variant, build_step_config, step_options
 from lean.errors import LeanError
 
@@ -544,7 +545,8 @@ def run_bench(suite: Suite, options: BenchOptions | None = None, console=None) -
         "suite": suite.to_dict(),
         "run": {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "finished": None, "wall_s": None,
                 "output": str(output.resolve()), "runs_dir": str(runs_dir), "device": device, "threads": threads,
-                "selected": names, "interrupted": False, "steps_built": 0, "rigorous": options.rigorous},
+                "selected": names, "interrupted": False, "steps_built": 0, "rigorous": options.rigorous,
+                "quiet_tolerance": QUIET_TOLERANCE},
         "environment": environment(device) | {"threads": threads},
         "task": task.describe(),
         "baseline": suite.baseline,
