@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from lean.bench.history import AGREE, HISTORY, SPELL, spell_text
+from lean.bench.rounds import QUIET_TOLERANCE
 
 CSV_COLUMNS = ["variant", "status", "error", "accuracy", "macro_f1", "accuracy_delta", "batch_size", "seq_length",
                "median_ms", "p90_ms", "p99_ms", "count", "throughput_sps", "speedup", "peak_rss_mb", "bare_rss_mb",
@@ -201,8 +202,6 @@ def _spread_text(cell: dict[str, Any]) -> str:
 
 def _tolerance(results: dict[str, Any]) -> float:
     """How much slower than a cell's quietest round a round could run and still count (the run's own)."""
-    from lean.bench.rounds import QUIET_TOLERANCE
-
     return results.get("run", {}).get("quiet_tolerance", QUIET_TOLERANCE)
 
 
