@@ -119,7 +119,7 @@ def load_config(spec: str, trust_remote_code: bool = False):
     try:
         return AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code is True)
     except _LOAD_ERRORS as e:
-        raise LeanError(f"cannot load the configuration of '{spec}': {_first_line(e)}") from None
+        raise _load_error(spec, "the configuration of", e) from None
 
 
 def load_tokenizer(spec: str, trust_remote_code: bool = False):
@@ -130,7 +130,7 @@ def load_tokenizer(spec: str, trust_remote_code: bool = False):
     try:
         tok = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code is True)
     except _LOAD_ERRORS as e:
-        raise LeanError(f"cannot load the tokenizer of '{spec}': {_first_line(e)}") from None
+        raise _load_error(spec, "the tokenizer of", e) from None
     if tok.pad_token is None:
         if tok.eos_token is not None:
             tok.pad_token = tok.eos_token
@@ -155,7 +155,15 @@ def load_model(spec: str, kind: str = "classification", trust_remote_code: bool 
     try:
         return auto.from_pretrained(source, use_safetensors=True, trust_remote_code=trust_remote_code is True, **kwargs)
     except _LOAD_ERRORS as e:
-        raise LeanError(f"cannot load '{spec}' as a {kind} model: {_first_line(e)}") from None
+        raise _load_error(spec, f"a {kind} model from", e) from None
+
+
+def _load_error(spec: str, what: str, e: BaseException) -> LeanError:
+    text = str(e)
+    if "custom code" in text or "trust_remote_code" in text:
+        return LeanError(f"'{spec}' ships its own Python code (auto_map in its config.json): lean runs it only with "
+                         "the command-line flag --trust-remote-code, after you have read that code")
+    return LeanError(f"cannot load {what} '{spec}': {_first_line(e)}")
 
 
 def _first_line(e: BaseException) -> str:
