@@ -282,7 +282,7 @@ def predict(
     from lean.runtime import OnnxModelError, load
 
     checks.positive_int("batch_size", batch_size, high=65_536)
-    checks.optional_positive_int("max_length", max_length)
+    checks.optional_positive_int("max_length", max_length, high=1_000_000)
     checks.optional_positive_int("threads", threads, high=4096)
     checks.positive_int("max_new_tokens", max_new_tokens, high=1_000_000)
     inputs = _predict_inputs(texts, file)

@@ -270,7 +270,9 @@ def test_9_predict_inputs(tmp_path, world, monkeypatch):
         def generate(self, *a, **k):
             raise AssertionError("an empty prompt reached the model")
 
-    monkeypatch.setattr("lean.runtime.load", lambda *a, **k: FakeLM())
+    import importlib
+
+    monkeypatch.setattr(importlib.import_module("lean.runtime"), "load", lambda *a, **k: FakeLM())
     assert_refused(invoke("predict", str(tmp_path), "a prompt", ""), "prompt 2 is empty")
 
 
@@ -306,6 +308,8 @@ def test_10_ctrl_c_says_interrupted(in_world, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("lean.finetune.finetune", interrupted)
+    import importlib
+
+    monkeypatch.setattr(importlib.import_module("lean.finetune"), "finetune", interrupted)
     res = invoke("finetune", "runs/teacher", "--task", "task.csv", "-o", "x")
     assert res.returncode == 130 and res.stderr.strip() == "interrupted" and "Traceback" not in res.stderr
