@@ -446,7 +446,11 @@ def _train(source: str, config: DistillConfig, out: Path, ckpt: Path) -> dict[st
     student = trainer.accelerator.unwrap_model(trainer.model).eval()
     if hasattr(student, "lean_distill_projections"):
         del student.lean_distill_projections  # training aids, not part of the student
-    checks.check_finite_weights(student, "lower --lr, keep --temperature near 1 to 10, or lower the loss weights")
+    try:
+        checks.check_finite_weights(student, "lower --lr, keep --temperature near 1 to 10, or lower the loss weights")
+    except LeanError:
+        remove_checkpoints(ckpt)  # a diverged run's checkpoints are nothing to resume from
+        raise
     teacher.to(student.device).eval()
     metrics, teacher_metrics, teacher_source = evaluate_student(student, teacher, tokenizer, kind, task, config,
                                                                 validation, test, teacher_manifest)
