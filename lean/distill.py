@@ -13,20 +13,16 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lean import checks
+from lean.distill_checkpoints import (CHECKPOINT_MARKER, check_checkpoint_dir, check_checkpoint_location,  # noqa: F401
+                                      fingerprint, last_complete_checkpoint, remove_checkpoints, write_fingerprint)
 from lean.errors import LeanError
 
-# Config keys that change how a run is carried out but not what it learns: a resumed run may differ in these.
-_RUNTIME_KEYS = ("resume", "checkpoint_dir", "device")
-_FINGERPRINT = "lean-distill.json"
-# Written into every checkpoint directory lean creates: only a directory holding it is ever removed or reused.
-CHECKPOINT_MARKER = ".lean-checkpoints"
 # --student-config keys that are sizes: whole numbers >= 1, checked before any work.
 _STUDENT_SIZES = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size",
                   "num_key_value_heads", "head_dim")
@@ -291,64 +287,6 @@ def run(source: str, config: DistillConfig, out: Path) -> dict[str, Any]:
         return _train(source, config, out, check_checkpoint_location(ckpt, out, source))
 
 
-def check_checkpoint_location(ckpt: str | Path, out: str | Path, source: str | None = None) -> Path:
-    """The checkpoint directory is lean's own: new, empty, or holding lean's marker; never the working
-    directory, the teacher, the output, or an ancestor of any of them (lean removes it after success)."""
-    from lean.steps import check_target
-
-    path = check_target(ckpt, "checkpoint directory", "--checkpoint-dir", source)
-    real, out_real = path.resolve(), Path(out).expanduser().resolve()
-    if real == out_real or real in out_real.parents or out_real in real.parents:
-        raise LeanError(f"checkpoint directory '{ckpt}' overlaps the output '{out}': choose a --checkpoint-dir "
-                        "beside it (the default is OUTPUT.checkpoints)")
-    if path.is_dir() and any(path.iterdir()) and not (path / CHECKPOINT_MARKER).is_file():
-        raise LeanError(f"checkpoint directory '{ckpt}' holds files lean did not write (no {CHECKPOINT_MARKER} in it), "
-                        "and lean removes its checkpoint directory after a successful run: choose a new --checkpoint-dir")
-    return path
-
-
-def fingerprint(config: DistillConfig, teacher_hash: str | None) -> dict[str, Any]:
-    """What a checkpoint directory must match for --resume: the learning config and the teacher."""
-    values = {k: v for k, v in asdict(config).items() if k not in _RUNTIME_KEYS}
-    return {"config": values, "teacher_manifest_hash": teacher_hash}
-
-
-def check_checkpoint_dir(ckpt: Path, config: DistillConfig, teacher_hash: str | None) -> bool:
-    """Refuse to resume from another run's checkpoints, or to start over on top of them. True: resuming."""
-    has_checkpoints = last_complete_checkpoint(ckpt) is not None
-    if not config.resume:
-        if has_checkpoints:
-            raise LeanError(f"checkpoint directory '{ckpt}' holds checkpoints of an earlier run: "
-                            "pass --resume to continue it, or delete it to start over")
-        return False
-    if not has_checkpoints:
-        raise LeanError(f"--resume: no checkpoint in '{ckpt}' to continue from: run without --resume")
-    saved_file = ckpt / _FINGERPRINT
-    saved = json.loads(saved_file.read_text()) if saved_file.is_file() else {}
-    now = fingerprint(config, teacher_hash)
-    if saved != json.loads(json.dumps(now)):
-        old, new = saved.get("config", {}), now["config"]
-        differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-        if saved.get("teacher_manifest_hash") != now["teacher_manifest_hash"]:
-            differ.append("teacher")
-        raise LeanError(f"--resume: '{ckpt}' was written by a run with a different config ({', '.join(differ) or 'unknown'}): "
-                        "resume with the same options, or use another --checkpoint-dir")
-    return True
-
-
-def write_fingerprint(ckpt: Path, config: DistillConfig, teacher_hash: str | None) -> None:
-    """Create the checkpoint directory with lean's marker (which makes it removable) and the run's fingerprint."""
-    ckpt.mkdir(parents=True, exist_ok=True)
-    (ckpt / CHECKPOINT_MARKER).write_text("checkpoints of a lean distill run; removed when the run succeeds\n")
-    (ckpt / _FINGERPRINT).write_text(json.dumps(fingerprint(config, teacher_hash), indent=2, default=str) + "\n")
-
-
-def remove_checkpoints(ckpt: Path) -> None:
-    """Remove a checkpoint directory lean made (it holds the marker); anything else stays."""
-    if (ckpt / CHECKPOINT_MARKER).is_file():
-        shutil.rmtree(ckpt, ignore_errors=True)
-
-
 def _train(source: str, config: DistillConfig, out: Path, ckpt: Path) -> dict[str, Any]:
     import torch
     from transformers import EarlyStoppingCallback, TrainingArguments, set_seed
@@ -557,15 +495,6 @@ def _student(teacher, tokenizer, kind: str, task, config: DistillConfig, attn: s
         raise LeanError(f"layer map {layer_map} does not fit: it needs {s_layers} entries (one per student layer), "
                         f"each in 0..{t_layers - 1}")
     return student.train(), list(layer_map), origin
-
-
-def last_complete_checkpoint(ckpt: Path) -> Path | None:
-    """The newest checkpoint that was fully written (Trainer writes trainer_state.json last), or None.
-
-    A kill during a save leaves a partial folder; resuming skips it rather than fail on it.
-    """
-    done = [p for p in ckpt.glob("checkpoint-*") if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()]
-    return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
 
 
 def _count(model) -> int:
