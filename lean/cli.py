@@ -61,7 +61,7 @@ def finetune(
     from lean.finetune import finetune as run_finetune
     from lean.steps import check_output_dir
 
-    check_output_dir(output, overwrite)
+    check_output_dir(output, overwrite, model)
     if model is None and init_config is None:
         raise LeanError("give a MODEL to fine-tune, or --init-config NAME to train a causal LM from scratch")
     config = FinetuneConfig(task=task, text_column=text_column, label_column=label_column, epochs=epochs, lr=lr,
@@ -120,7 +120,7 @@ def distill(
     from lean.distill import distill as run_distill
     from lean.steps import check_output_dir
 
-    check_output_dir(output, overwrite)
+    check_output_dir(output, overwrite, teacher)
     config = DistillConfig(task=task, text_column=text_column, label_column=label_column, kind=kind,
                            student_layers=student_layers, layer_map=layer_map, student=student,
                            student_config=student_config or None, epochs=epochs, lr=lr, batch_size=batch_size,
@@ -181,7 +181,7 @@ def quantize(
         max_length=max_length, evaluate=not no_eval, max_eval_samples=max_eval_samples, device=device,
         trust_remote_code=trust_remote_code)
     check_source(model)
-    check_output_dir(output, overwrite)
+    check_output_dir(output, overwrite, model)
     out = quantize_dir(model, config, str(output), overwrite=overwrite)
     from lean.models import read_manifest
 
@@ -238,7 +238,7 @@ def export(
     from lean.models import read_manifest
     from lean.steps import check_output_dir
 
-    check_output_dir(output, overwrite)
+    check_output_dir(output, overwrite, model)
     config = ExportConfig(task=task, text_column=text_column, label_column=label_column, opset=opset, optimize=optimize,
                           fp16=fp16, quantize=quantize, calibration_samples=calibration_samples, atol=atol,
                           max_metric_drop=max_metric_drop, min_agreement=min_agreement,
@@ -278,23 +278,20 @@ def predict(
     import json
     import warnings
 
+    from lean import checks
     from lean.runtime import OnnxModelError, load
 
-    if texts:
-        inputs = list(texts)
-    elif file is not None:
-        if not file.is_file():
-            raise LeanError(f"input file '{file}' does not exist")
-        inputs = _read_inputs(file.read_text(errors="replace").splitlines(), str(file))
-    elif not sys.stdin.isatty():
-        inputs = _read_inputs(sys.stdin.read().splitlines(), "stdin")
-    else:
-        raise LeanError("no input texts: pass texts as arguments, --file FILE, or lines on stdin")
-    if not inputs:
-        raise LeanError("no input texts: the input is empty (one text per line, or JSONL with a \"text\" field)")
+    checks.positive_int("batch_size", batch_size, high=65_536)
+    checks.optional_positive_int("max_length", max_length, high=1_000_000)
+    checks.optional_positive_int("threads", threads, high=4096)
+    checks.positive_int("max_new_tokens", max_new_tokens, high=1_000_000)
+    inputs = _predict_inputs(texts, file)
     try:
         model = load(model_dir, provider=provider, threads=threads)
         if model.kind == "lm":
+            empty = next((i for i, t in enumerate(inputs, 1) if not t.strip()), None)
+            if empty is not None:
+                raise LeanError(f"prompt {empty} is empty: a causal LM needs text to continue")
             with warnings.catch_warnings(record=True) as caught:  # a truncated prompt: one line on stderr each
                 warnings.simplefilter("always")
                 rows = [{"generated_text": t} for t in model.generate(inputs, max_new_tokens=max_new_tokens,
@@ -309,6 +306,34 @@ def predict(
         typer.echo(json.dumps(row))
 
 
+def _predict_inputs(texts: Optional[List[str]], file: Optional[Path]) -> List[str]:
+    """The texts to run: arguments, else --file, else stdin; each must be UTF-8 text."""
+    if texts:
+        for number, text in enumerate(texts, 1):
+            try:
+                text.encode("utf-8")  # argv bytes that are not UTF-8 arrive as lone surrogates
+            except UnicodeEncodeError:
+                raise LeanError(f"argument text {number} is not UTF-8: pass UTF-8 text") from None
+        inputs = list(texts)
+    elif file is not None:
+        if file.is_dir():
+            raise LeanError(f"input file '{file}' is a directory: pass a text or JSONL file")
+        if not file.is_file():
+            raise LeanError(f"input file '{file}' does not exist")
+        inputs = _read_inputs(file.read_text(errors="replace").splitlines(), str(file))
+    elif not sys.stdin.isatty():
+        try:
+            text = sys.stdin.buffer.read().decode("utf-8") if hasattr(sys.stdin, "buffer") else sys.stdin.read()
+        except UnicodeDecodeError as e:
+            raise LeanError(f"stdin is not UTF-8 text (byte {e.start}): pass UTF-8 text") from None
+        inputs = _read_inputs(text.splitlines(), "stdin")
+    else:
+        raise LeanError("no input texts: pass texts as arguments, --file FILE, or lines on stdin")
+    if not inputs:
+        raise LeanError("no input texts: the input is empty (one text per line, or JSONL with a \"text\" field)")
+    return inputs
+
+
 def _read_inputs(lines: List[str], where: str) -> List[str]:
     """Non-blank lines; a line that is a JSON object gives its "text" field."""
     import json
@@ -320,9 +345,9 @@ def _read_inputs(lines: List[str], where: str) -> List[str]:
         if line.lstrip().startswith("{"):
             try:
                 record = json.loads(line)
-            except ValueError:
-                raise LeanError(f"{where} line {number} starts with '{{' but is not valid JSON") from None
-            if not isinstance(record.get("text"), str):
+            except (ValueError, RecursionError):  # RecursionError: a line nested thousands deep
+                raise LeanError(f"{where} line {number} starts with '{{' but is not valid JSON (or is nested too deeply)") from None
+            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
                 raise LeanError(f"{where} line {number} is a JSON object without a string \"text\" field")
             inputs.append(record["text"])
         else:
@@ -398,16 +423,42 @@ def bench(
     typer.echo(f"wrote {out}/results.json, results.csv, report.md, pareto.png")
 
 
-def main() -> None:
-    """Entry point: bad input is one line on stderr and exit 2, never a traceback."""
+def _click_exceptions():
     try:
-        app()
+        from typer._click import exceptions  # typer vendors click from 0.2x on
+    except ImportError:
+        from click import exceptions
+    return exceptions
+
+
+def _fail(message: str, code: int) -> None:
+    typer.echo(f"error: {' '.join(message.split())}", err=True)  # one line, whatever the message held
+    sys.exit(code)
+
+
+def main() -> None:
+    """Entry point: bad input is one line on stderr and exit 2, never a traceback; Ctrl-C is "interrupted", 130.
+
+    The app runs outside click's standalone mode, which would print usage errors as a multi-line box
+    and turn Ctrl-C into a silent exit 130 before we could say so."""
+    click = _click_exceptions()
+    try:
+        code = app(standalone_mode=False)
     except LeanError as e:
-        typer.echo(f"error: {e}", err=True)
-        sys.exit(e.exit_code)
-    except KeyboardInterrupt:
+        _fail(str(e), e.exit_code)
+    except click.NoArgsIsHelpError:
+        sys.exit(2)  # the help is already printed
+    except click.UsageError as e:
+        where = f" (see {e.ctx.command_path} --help)" if e.ctx is not None else ""
+        _fail(e.format_message() + where, 2)
+    except click.ClickException as e:
+        _fail(e.format_message(), e.exit_code)
+    except (KeyboardInterrupt, typer.Abort):
+        code = 130
+    if code == 130:  # typer turns KeyboardInterrupt into exit code 130
         typer.echo("interrupted", err=True)
-        sys.exit(130)
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

