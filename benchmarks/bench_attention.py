@@ -21,9 +21,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import statistics
-import os
 import subprocess
 import sys
 import time

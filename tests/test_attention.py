@@ -111,6 +111,23 @@ def test_encoder_through_lean_matches_sdpa(kind, base, kernel_calls, caplog):
     assert (got - expected).abs().max().item() < 1e-4
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(DEVICE != "cuda", reason="needs a CUDA GPU for half-precision models through the kernel")
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float16, 5e-3), (torch.bfloat16, 3e-2)])
+def test_encoder_half_precision_matches_sdpa(dtype, tolerance, kernel_calls, caplog):
+    reference = encoder("bert", "sdpa").to(dtype)
+    model = copy.deepcopy(reference)
+    ids, mask = padded_batch(seq_len=60)
+    with torch.no_grad():
+        expected = reference(input_ids=ids, attention_mask=mask).last_hidden_state
+        got = lean_attention.use_lean_attention(model)(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert_lean_route(model)
+    assert len(kernel_calls) == 2 and fallback_messages(caplog) == []
+    real = mask.bool()
+    assert got.dtype == dtype
+    assert relative_error(got[real], expected[real]) < tolerance
+
+
 def test_encoder_without_padding_passes_no_mask(kernel_calls):
     model = lean_attention.use_lean_attention(encoder("bert", "sdpa"))
     ids, _ = padded_batch()

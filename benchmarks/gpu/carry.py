@@ -143,7 +143,6 @@ def lean_farm(site: Path) -> None:
 
 def unpack(carry: Path | None, site: Path) -> dict:
     """Lay out `site` (to go first on PYTHONPATH) from the carry; returns what was found."""
-    import torch
     from safetensors.torch import load_file, save_file
 
     site.mkdir(parents=True, exist_ok=True)

@@ -200,7 +200,8 @@ def main(argv=None) -> int:
     work = Path(tempfile.mkdtemp(prefix="lean-gpu-"))
     site = work / "site"
     found = carry_mod.unpack(args.carry if args.carry.is_dir() else None, site)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+    pythonpath = os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env = {**os.environ, "PYTHONPATH": pythonpath,
            "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1",
            "TRITON_CACHE_DIR": str(work / "triton-cache"), "LEAN_FLASH_AUTOTUNE": "quick"}
     if found.get("commit"):
