@@ -47,3 +47,25 @@ def dtype_kwarg(dtype) -> dict:
     """`from_pretrained` keyword for a torch dtype: `dtype` in 5.x, `torch_dtype` in 4.57 (which 5.x
     still reads, with a deprecation warning)."""
     return {"dtype": dtype} if transformers_major() >= 5 else {"torch_dtype": dtype}
+
+
+def warmup_kwargs(ratio: float) -> dict:
+    """TrainingArguments keywords for a learning-rate warmup over `ratio` of the steps. 5.x dropped
+    `warmup_ratio` and reads a `warmup_steps` below 1 as that ratio; 4.57 has both."""
+    if transformers_major() >= 5:
+        if not 0 <= ratio < 1:
+            from lean.errors import LeanError
+
+            raise LeanError(f"warmup_ratio must be a fraction of the training steps in [0, 1), got {ratio}")
+        return {"warmup_steps": float(ratio)}
+    return {"warmup_ratio": ratio}
+
+
+def no_init_weights():
+    """The context manager that skips random weight initialisation while a model is built (its home moved
+    from transformers.modeling_utils to transformers.initialization in 5.x)."""
+    try:
+        from transformers.initialization import no_init_weights as context
+    except ImportError:
+        from transformers.modeling_utils import no_init_weights as context
+    return context()

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from lean.compat import warmup_kwargs
 from lean.errors import LeanError
 
 # Config keys that change how a run is carried out but not what it learns: a resumed run may differ in these.
@@ -336,7 +337,7 @@ def _train(source: str, config: DistillConfig, out: Path) -> dict[str, Any]:
     args = TrainingArguments(
         output_dir=str(ckpt), num_train_epochs=config.epochs, learning_rate=config.lr,
         per_device_train_batch_size=config.batch_size, per_device_eval_batch_size=max(config.batch_size, 32),
-        gradient_accumulation_steps=config.grad_accum, weight_decay=config.weight_decay, warmup_ratio=config.warmup_ratio,
+        gradient_accumulation_steps=config.grad_accum, weight_decay=config.weight_decay, **warmup_kwargs(config.warmup_ratio),
         **steps, load_best_model_at_end=True,  # the best student by validation metric is the one saved
         metric_for_best_model="accuracy" if kind == "classification" else "loss", greater_is_better=kind == "classification",
         prediction_loss_only=kind == "lm",  # an LM's eval logits (N, T, V) are too big to gather
