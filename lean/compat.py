@@ -69,3 +69,9 @@ def no_init_weights():
     except ImportError:
         from transformers.modeling_utils import no_init_weights as context
     return context()
+
+
+def safetensors_checkpoint_kwargs() -> dict:
+    """TrainingArguments keywords for checkpoints in safetensors: 5.x always writes them and dropped the
+    `save_safetensors` switch that 4.57 needs."""
+    return {} if transformers_major() >= 5 else {"save_safetensors": True}

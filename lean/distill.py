@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from lean.compat import warmup_kwargs
+from lean.compat import safetensors_checkpoint_kwargs, warmup_kwargs
 from lean.errors import LeanError
 
 # Config keys that change how a run is carried out but not what it learns: a resumed run may differ in these.
@@ -341,7 +341,7 @@ def _train(source: str, config: DistillConfig, out: Path) -> dict[str, Any]:
         **steps, load_best_model_at_end=True,  # the best student by validation metric is the one saved
         metric_for_best_model="accuracy" if kind == "classification" else "loss", greater_is_better=kind == "classification",
         prediction_loss_only=kind == "lm",  # an LM's eval logits (N, T, V) are too big to gather
-        save_total_limit=2, save_safetensors=True, logging_steps=10, report_to=[], disable_tqdm=True, seed=config.seed,
+        save_total_limit=2, **safetensors_checkpoint_kwargs(), logging_steps=10, report_to=[], disable_tqdm=True, seed=config.seed,
         use_cpu=device == "cpu", dataloader_num_workers=0, remove_unused_columns=False,
         ddp_find_unused_parameters=False,  # every student weight (and projection) takes part in each loss
         fp16=device.startswith("cuda") and not torch.cuda.is_bf16_supported(),

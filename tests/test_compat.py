@@ -45,3 +45,9 @@ def test_no_init_weights_skips_random_initialisation():
     assert torch.equal(weights, torch.zeros(4, 4))
     torch.nn.init.normal_(weights)  # restored on the way out
     assert weights.abs().sum() > 0
+
+
+def test_checkpoints_are_safetensors(tmp_path):
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), report_to=[],
+                                          **compat.safetensors_checkpoint_kwargs())
+    assert getattr(args, "save_safetensors", True) is True

@@ -36,6 +36,9 @@ import carry as carry_mod  # noqa: E402  (beside this file; benchmarks/ is no pa
 import dry_run  # noqa: E402
 
 PARTS = ("tests", "suite", "attention")
+# -P keeps the working directory off sys.path: the checkout's lean/ (which has no kernels/ inside) must not
+# shadow the linked one on PYTHONPATH. Python 3.11 and later.
+NO_CWD = ["-P"] if sys.version_info >= (3, 11) else []
 
 
 @dataclass
@@ -99,7 +102,7 @@ def run_tests(runner: Runner, dry: bool) -> Part:
     part = Part("tests")
     junit = runner.work / "tests-junit.xml"
     paths = ["tests/test_flash_attention.py", "tests/test_attention.py"] if dry else ["tests"]
-    cmd = [sys.executable, "-P", "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "-rs",
+    cmd = [sys.executable, *NO_CWD, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "-rs",
            f"--junitxml={junit}", *paths]
     rc = runner.call(part, cmd, 180 if dry else 150, REPO)
     part.detail.update(junit_summary(junit))
@@ -115,7 +118,7 @@ def run_tests(runner: Runner, dry: bool) -> Part:
 def run_suite(runner: Runner, suite: Path, dry: bool) -> Part:
     part = Part("suite")
     run_dir = runner.work / "suite-run"
-    cmd = [sys.executable, "-P", "-m", "lean.cli", "bench", str(suite), "-o", str(run_dir),
+    cmd = [sys.executable, *NO_CWD, "-m", "lean.cli", "bench", str(suite), "-o", str(run_dir),
            "--runs-dir", str(runner.work / "suite-cache"), "--device", "cpu" if dry else "cuda"]
     runner.call(part, cmd, 400 if dry else 200, runner.work)
     for src, dest in (("results.json", "suite-results.json"), ("report.md", "suite-report.md")):
@@ -136,7 +139,7 @@ def run_attention(runner: Runner, dry: bool) -> Part:
     shapes = (["--device", "cpu", "--seq", "64", "--head-dim", "32", "--dtype", "bf16", "--no-causal",
                "--batch", "1", "--heads", "2", "--warmup", "1", "--reps", "1"] if dry else
               ["--warmup", "3", "--reps", "10"])
-    cmd = [sys.executable, "-P", str(REPO / "benchmarks" / "bench_attention.py"), *shapes,
+    cmd = [sys.executable, *NO_CWD, str(REPO / "benchmarks" / "bench_attention.py"), *shapes,
            "--budget-s", f"{budget:.0f}", "--json", str(runner.out / "attention.json"),
            "--markdown", str(runner.out / "attention.md")]
     runner.call(part, cmd, budget + margin, runner.work)
