@@ -111,7 +111,7 @@ def run_tests(runner: Runner, dry: bool) -> Part:
            f"--junitxml={junit}", *paths]
     runner.env["LEAN_FLASH_AUTOTUNE"] = "single"
     try:
-        rc = runner.call(part, cmd, 180 if dry else 150, REPO)
+        rc = runner.call(part, cmd, 180 if dry else 120, REPO)
     finally:
         runner.env["LEAN_FLASH_AUTOTUNE"] = "quick"
     part.detail.update(junit_summary(junit))
