@@ -10,7 +10,10 @@ TFLOP/s come from an explicit FLOP count, not from a profiler:
               halved when causal (half the score matrix is skipped)
     backward  2.5 x forward               (five matmuls instead of two)
 Timing uses CUDA events around each call after warm-up runs, and reports the median.
-Needs a CUDA GPU; on a machine without one it refuses.
+Needs a CUDA GPU; on a machine without one it refuses, except with `--device cpu`, which runs tiny
+shapes through Triton's interpreter to check the script itself (its timings mean nothing).
+`--budget-s` stops starting new rows once that many seconds are spent; the rows left are recorded
+as not run. The grid runs bf16 before fp16 and head dim 128 before 64, so a cut loses fp16 first.
 """
 
 from __future__ import annotations
@@ -18,10 +21,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import statistics
 import subprocess
 import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -40,6 +45,18 @@ def attention_flops(batch, heads, q_len, k_len, head_dim, causal, mode):
     if causal:
         forward *= 0.5
     return forward * (1.0 + 2.5) if mode == "fwd_bwd" else forward
+
+
+def cpu_time_ms(fn, warmup=1, reps=3):
+    """Median wall milliseconds of fn() on the CPU (for the dry run only)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
 
 
 def cuda_time_ms(fn, warmup=5, reps=20):
@@ -115,29 +132,33 @@ class Row:
     tflops: float | None
     max_abs_diff_vs_sdpa: float | None = None
     error: str | None = None
+    skipped: str | None = None
 
 
-def make_inputs(batch, heads, kv_heads, seq, head_dim, dtype, requires_grad):
+def make_inputs(batch, heads, kv_heads, seq, head_dim, dtype, requires_grad, device="cuda"):
     torch.manual_seed(0)
-    q = torch.randn(batch, heads, seq, head_dim, device="cuda", dtype=dtype, requires_grad=requires_grad)
-    k = torch.randn(batch, kv_heads, seq, head_dim, device="cuda", dtype=dtype, requires_grad=requires_grad)
-    v = torch.randn(batch, kv_heads, seq, head_dim, device="cuda", dtype=dtype, requires_grad=requires_grad)
+    q = torch.randn(batch, heads, seq, head_dim, device=device, dtype=dtype, requires_grad=requires_grad)
+    k = torch.randn(batch, kv_heads, seq, head_dim, device=device, dtype=dtype, requires_grad=requires_grad)
+    v = torch.randn(batch, kv_heads, seq, head_dim, device=device, dtype=dtype, requires_grad=requires_grad)
     return q, k, v
 
 
-def measure(provider, mode, dtype_name, causal, batch, heads, kv_heads, seq, head_dim, warmup=5, reps=20):
+def measure(provider, mode, dtype_name, causal, batch, heads, kv_heads, seq, head_dim, warmup=5, reps=20,
+            device="cuda"):
     shape = dict(provider=provider, mode=mode, dtype=dtype_name, causal=causal, batch=batch, heads=heads,
                  kv_heads=kv_heads, seq=seq, head_dim=head_dim)
-    q, k, v = make_inputs(batch, heads, kv_heads, seq, head_dim, DTYPES[dtype_name], mode == "fwd_bwd")
+    q, k, v = make_inputs(batch, heads, kv_heads, seq, head_dim, DTYPES[dtype_name], mode == "fwd_bwd", device)
+    timer = cuda_time_ms if device == "cuda" else cpu_time_ms
     try:
         diff = None
         if provider == "lean":
             with torch.no_grad():
                 diff = (make_forward_output("lean", q, k, v, causal) - make_forward_output("sdpa", q, k, v, causal)
                         ).abs().max().item()
-        ms = cuda_time_ms(make_call(provider, q, k, v, causal, mode), warmup=warmup, reps=reps)
+        ms = timer(make_call(provider, q, k, v, causal, mode), warmup=warmup, reps=reps)
     except Exception as exc:  # a backend refusing the shape/dtype, out of memory: one row marked, run goes on
-        torch.cuda.empty_cache()
+        if device == "cuda":
+            torch.cuda.empty_cache()
         return Row(**shape, ms=None, tflops=None, error=str(exc).splitlines()[0][:120])
     flops = attention_flops(batch, heads, seq, seq, head_dim, causal, mode)
     return Row(**shape, ms=ms, tflops=flops / (ms * 1e-3) / 1e12, max_abs_diff_vs_sdpa=diff)
@@ -161,9 +182,11 @@ def default_heads(head_dim, hidden=2048):
 
 
 def environment():
+    # A copy of the tree without .git (a lent GPU machine) passes the commit in LEAN_GIT_COMMIT.
+    commit = os.environ.get("LEAN_GIT_COMMIT")
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).resolve().parent).stdout.strip() or None
+        commit = commit or subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                          cwd=Path(__file__).resolve().parent).stdout.strip() or None
     except OSError:
         commit = None
     try:
@@ -173,7 +196,7 @@ def environment():
     except ImportError:
         triton_version = None
     return {
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu (Triton interpreter)",
         "torch": torch.__version__,
         "triton": triton_version,
         "cuda": torch.version.cuda,
@@ -192,7 +215,8 @@ def format_table(rows):
     for r in rows:
         key = (r.mode, r.dtype, r.causal, r.batch, r.heads, r.kv_heads, r.seq, r.head_dim)
         ratio = f"{r.tflops / best_sdpa[key]:.2f}x" if r.tflops and key in best_sdpa else ""
-        note = r.error or (f"max|diff| {r.max_abs_diff_vs_sdpa:.1e}" if r.max_abs_diff_vs_sdpa is not None else "")
+        note = r.skipped or r.error or (
+            f"max|diff| {r.max_abs_diff_vs_sdpa:.1e}" if r.max_abs_diff_vs_sdpa is not None else "")
         cells = [r.mode, r.dtype, str(r.causal), str(r.batch), str(r.heads), str(r.kv_heads), str(r.seq),
                  str(r.head_dim), r.provider, f"{r.ms:.3f}" if r.ms else "-", f"{r.tflops:.1f}" if r.tflops else "-",
                  ratio, note]
@@ -200,10 +224,40 @@ def format_table(rows):
     return "\n".join(lines)
 
 
+def grid(args):
+    """(mode, dtype, causal, batch, heads, kv_heads, seq, head_dim, provider) in the order they run."""
+    for dtype_name in args.dtype:
+        for head_dim in args.head_dim:
+            for causal in args.causal:
+                for mode in args.mode:
+                    for seq in args.seq:
+                        heads = args.heads or default_heads(head_dim)
+                        for provider in args.providers:
+                            yield (mode, dtype_name, causal, args.batch or default_batch(seq), heads,
+                                   args.kv_heads or heads, seq, head_dim, provider)
+
+
+def write_outputs(args, rows, env):
+    """(Re)write the JSON and markdown; each file is replaced whole, so a killed run leaves the last rows."""
+    table = format_table(rows)
+    outputs = []
+    if args.json:
+        outputs.append((args.json, json.dumps({"environment": env, "rows": [asdict(r) for r in rows]}, indent=2)))
+    if args.markdown:
+        outputs.append((args.markdown, f"Attention throughput on {env['device']} (torch {env['torch']}, "
+                                       f"triton {env['triton']}, commit {env['git_commit']})\n\n{table}\n"))
+    for path, text in outputs:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    return table
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seq", type=int, nargs="+", default=[512, 1024, 2048, 4096, 8192, 16384])
-    parser.add_argument("--head-dim", type=int, nargs="+", default=[64, 128])
+    parser.add_argument("--head-dim", type=int, nargs="+", default=[128, 64])
     parser.add_argument("--batch", type=int, default=None, help="default: 16384 // seq")
     parser.add_argument("--heads", type=int, default=None, help="default: 2048 // head_dim")
     parser.add_argument("--kv-heads", type=int, default=None, help="default: heads (no GQA)")
@@ -214,40 +268,35 @@ def main(argv=None):
     parser.add_argument("--providers", nargs="+", choices=PROVIDERS, default=list(PROVIDERS))
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--reps", type=int, default=20)
+    parser.add_argument("--budget-s", type=float, default=None, help="start no new row after this many seconds")
+    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
+                        help="cpu: tiny shapes through Triton's interpreter, to check the script (timings meaningless)")
     parser.add_argument("--json", type=Path, help="write rows and environment as JSON here")
     parser.add_argument("--markdown", type=Path, help="write the table as markdown here")
     args = parser.parse_args(argv)
 
-    if not torch.cuda.is_available():
+    if args.device == "cuda" and not torch.cuda.is_available():
         print(f"bench_attention: {NEEDS_CUDA}", file=sys.stderr)
         return 2
+    if args.device == "cpu":
+        os.environ["TRITON_INTERPRET"] = "1"  # read when lean.kernels builds its kernels
 
-    rows = []
-    for mode in args.mode:
-        for dtype_name in args.dtype:
-            for causal in args.causal:
-                for head_dim in args.head_dim:
-                    for seq in args.seq:
-                        batch = args.batch or default_batch(seq)
-                        heads = args.heads or default_heads(head_dim)
-                        kv_heads = args.kv_heads or heads
-                        for provider in args.providers:
-                            row = measure(provider, mode, dtype_name, causal, batch, heads, kv_heads, seq,
-                                          head_dim, warmup=args.warmup, reps=args.reps)
-                            rows.append(row)
-                            shown = f"{row.tflops:7.1f} TFLOP/s" if row.tflops else f"n/a ({row.error})"
-                            print(f"{mode:8s} {dtype_name} causal={causal!s:5s} B={batch} H={heads} "
-                                  f"S={seq} D={head_dim} {provider:15s} {shown}", file=sys.stderr)
-    table = format_table(rows)
-    print(table)
     env = environment()
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"environment": env, "rows": [asdict(r) for r in rows]}, indent=2))
-    if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(f"Attention throughput on {env['device']} (torch {env['torch']}, "
-                                 f"triton {env['triton']}, commit {env['git_commit']})\n\n{table}\n")
+    started = time.monotonic()
+    rows = []
+    for mode, dtype_name, causal, batch, heads, kv_heads, seq, head_dim, provider in grid(args):
+        if args.budget_s is not None and time.monotonic() - started > args.budget_s:
+            rows.append(Row(provider, mode, dtype_name, causal, batch, heads, kv_heads, seq, head_dim, None, None,
+                            skipped=f"not run: the {args.budget_s:.0f} s budget was spent"))
+            continue
+        row = measure(provider, mode, dtype_name, causal, batch, heads, kv_heads, seq, head_dim,
+                      warmup=args.warmup, reps=args.reps, device=args.device)
+        rows.append(row)
+        shown = f"{row.tflops:7.1f} TFLOP/s" if row.tflops else f"n/a ({row.error})"
+        print(f"{mode:8s} {dtype_name} causal={causal!s:5s} B={batch} H={heads} "
+              f"S={seq} D={head_dim} {provider:15s} {shown}", file=sys.stderr)
+        write_outputs(args, rows, env)
+    print(write_outputs(args, rows, env))
     return 0
 
 

@@ -20,6 +20,8 @@ Design (after Triton's fused-attention tutorial):
   block and walks the keys (dQ).
 """
 
+import os
+
 import triton
 import triton.language as tl
 from triton import knobs
@@ -39,7 +41,21 @@ _MAX = tl.standard._elementwise_max
 _SUM = tl.standard._sum_combine
 
 
+# LEAN_FLASH_AUTOTUNE=quick tunes over a few configs per kernel instead of about twenty, and =single
+# takes the first of those untuned (for correctness tests): each config is one compile per (dtype,
+# head dim, causal, ...) variant, which a time-boxed GPU run cannot afford twenty times over.
+AUTOTUNE = os.environ.get("LEAN_FLASH_AUTOTUNE", "full").strip().lower()
+QUICK_AUTOTUNE = AUTOTUNE in ("quick", "single")
+
+
+def _trim(configs):
+    return configs[:1] if AUTOTUNE == "single" else configs
+
+
 def _fwd_configs():
+    if not BUILT_FOR_INTERPRETER and QUICK_AUTOTUNE:
+        return _trim([triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_stages=s, num_warps=w)
+                      for bm, bn, s, w in ((128, 64, 3, 4), (128, 128, 3, 8), (128, 64, 4, 8), (64, 64, 3, 4))])
     if BUILT_FOR_INTERPRETER:
         # Small fixed tiles keep interpreted tests fast; BLOCK_M != BLOCK_N exercises a diagonal
         # band that spans several key blocks.
@@ -58,6 +74,9 @@ def _fwd_configs():
 def _dkdv_configs():
     if BUILT_FOR_INTERPRETER:
         return [triton.Config({"BLOCK_M1": 16, "BLOCK_N1": 32}, num_stages=1, num_warps=4)]
+    if QUICK_AUTOTUNE:
+        return _trim([triton.Config({"BLOCK_M1": bm, "BLOCK_N1": bn}, num_stages=s, num_warps=w)
+                      for bm, bn, s, w in ((32, 128, 3, 4), (64, 128, 3, 8), (64, 64, 3, 4))])
     return [
         triton.Config({"BLOCK_M1": bm, "BLOCK_N1": bn}, num_stages=s, num_warps=w)
         for bm, bn in ((32, 128), (64, 128), (32, 64), (64, 64))
@@ -69,6 +88,9 @@ def _dkdv_configs():
 def _dq_configs():
     if BUILT_FOR_INTERPRETER:
         return [triton.Config({"BLOCK_M2": 32, "BLOCK_N2": 16}, num_stages=1, num_warps=4)]
+    if QUICK_AUTOTUNE:
+        return _trim([triton.Config({"BLOCK_M2": bm, "BLOCK_N2": bn}, num_stages=s, num_warps=w)
+                      for bm, bn, s, w in ((128, 64, 3, 8), (128, 32, 3, 4), (64, 64, 3, 4))])
     return [
         triton.Config({"BLOCK_M2": bm, "BLOCK_N2": bn}, num_stages=s, num_warps=w)
         for bm, bn in ((128, 32), (128, 64), (64, 64), (64, 32))

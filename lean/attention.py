@@ -5,14 +5,15 @@
     model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="lean")  # Llama, Qwen2, GPT-2...
     model = lean.attention.use_lean_attention(model)  # any model above, and BERT/RoBERTa/DistilBERT
 
-Two kinds of model exist in transformers 4.57:
+Two kinds of model exist:
 - those that dispatch through the attention interface (`_supports_attention_backend`: Llama,
-  Qwen2, GPT-2, ...). `register()` adds a "lean" attention function and a "lean" mask function; the
-  mask function hands the kernel a (batch, k_len) padding mask instead of a 4-d mask whenever the
-  pattern is plain causal (bottom-right aligned, as with a KV cache) or bidirectional plus padding.
-- BERT, RoBERTa, DistilBERT and their copies pick from their own eager/sdpa classes (an unknown
-  name raises KeyError), so `use_lean_attention` swaps their self-attention modules' class for a
-  subclass whose forward calls the kernel.
+  Qwen2, GPT-2, ... and, from transformers 5, BERT, RoBERTa and DistilBERT). `register()` adds a
+  "lean" attention function and a "lean" mask function; the mask function hands the kernel a
+  (batch, k_len) padding mask instead of a 4-d mask whenever the pattern is plain causal
+  (bottom-right aligned, as with a KV cache) or bidirectional plus padding.
+- in transformers 4.57, BERT, RoBERTa, DistilBERT and their copies pick from their own eager/sdpa
+  classes (an unknown name raises KeyError), so `use_lean_attention` swaps their self-attention
+  modules' class for a subclass whose forward calls the kernel.
 
 Whenever the kernel cannot give the same answer (no CUDA and no TRITON_INTERPRET, head_dim over
 256, attention dropout in training, head_mask, output_attentions, sliding windows, masks that are
@@ -147,24 +148,26 @@ def lean_mask(*args, **kwargs):
     def as_sdpa():
         return mu.sdpa_mask(*args, **kwargs)
 
+    from lean.compat import mask_query_span
+
     if args:
         return as_sdpa()
+    span = mask_query_span(kwargs)
     try:
-        cache_position = kwargs["cache_position"]
         kv_length = int(kwargs["kv_length"])
     except (KeyError, TypeError):
         return as_sdpa()
     kind = _plain_mask_kind(kwargs.get("mask_function", mu.causal_mask_function))
     attention_mask = kwargs.get("attention_mask")
-    if kind is None or int(kwargs.get("kv_offset", 0) or 0) != 0:
+    if span is None or kind is None or int(kwargs.get("kv_offset", 0) or 0) != 0:
         return as_sdpa()
     if attention_mask is not None and (attention_mask.dim() != 2 or attention_mask.shape[-1] != kv_length):
         return as_sdpa()
     if kind == "causal":
-        q_len = cache_position.shape[0]
+        q_len, first = span
         # Bottom-right alignment holds when the queries are positions kv_length - q_len ...
         # kv_length - 1 (a DynamicCache); a static cache padded past the last token breaks it.
-        if q_len == 0 or int(cache_position[0]) != kv_length - q_len or int(cache_position[-1]) != kv_length - 1:
+        if q_len == 0 or first != kv_length - q_len:
             return as_sdpa()
     if attention_mask is None or bool(attention_mask.all()):
         return None
@@ -389,6 +392,12 @@ def _lean_class(cls, fast_path):
     return lean_cls
 
 
+def uses_attention_interface(model) -> bool:
+    """True when `model` picks its attention function from transformers' attention interface (Llama,
+    GPT-2 and, from transformers 5, BERT, RoBERTa and DistilBERT), so "lean" can be set by name."""
+    return bool(getattr(model, "_supports_attention_backend", False))
+
+
 def use_lean_attention(model):
     """Run `model`'s attention through the lean kernel; returns the model (changed in place).
 
@@ -396,7 +405,7 @@ def use_lean_attention(model):
     subclass that calls the kernel. Raises ValueError when the model has neither.
     """
     register()
-    if getattr(model, "_supports_attention_backend", False):
+    if uses_attention_interface(model):
         if hasattr(model, "set_attn_implementation"):
             model.set_attn_implementation(ATTENTION_NAME)
         else:

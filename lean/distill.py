@@ -21,6 +21,7 @@ from typing import Any
 from lean import checks
 from lean.distill_checkpoints import (CHECKPOINT_MARKER, check_checkpoint_dir, check_checkpoint_location,  # noqa: F401
                                       fingerprint, last_complete_checkpoint, remove_checkpoints, write_fingerprint)
+from lean.compat import safetensors_checkpoint_kwargs, warmup_kwargs
 from lean.errors import LeanError
 
 # --student-config keys that are sizes: whole numbers >= 1, checked before any work.
@@ -335,11 +336,11 @@ def _train(source: str, config: DistillConfig, out: Path, ckpt: Path) -> dict[st
     args = TrainingArguments(
         output_dir=str(ckpt), num_train_epochs=config.epochs, learning_rate=config.lr,
         per_device_train_batch_size=config.batch_size, per_device_eval_batch_size=max(config.batch_size, 32),
-        gradient_accumulation_steps=config.grad_accum, weight_decay=config.weight_decay, warmup_ratio=config.warmup_ratio,
+        gradient_accumulation_steps=config.grad_accum, weight_decay=config.weight_decay, **warmup_kwargs(config.warmup_ratio),
         **steps, load_best_model_at_end=True,  # the best student by validation metric is the one saved
         metric_for_best_model="accuracy" if kind == "classification" else "loss", greater_is_better=kind == "classification",
         prediction_loss_only=kind == "lm",  # an LM's eval logits (N, T, V) are too big to gather
-        save_total_limit=2, save_safetensors=True, logging_steps=10, report_to=[], disable_tqdm=True, seed=config.seed,
+        save_total_limit=2, **safetensors_checkpoint_kwargs(), logging_steps=10, report_to=[], disable_tqdm=True, seed=config.seed,
         use_cpu=device == "cpu", dataloader_num_workers=0, remove_unused_columns=False,
         ddp_find_unused_parameters=False,  # every student weight (and projection) takes part in each loss
         fp16=device.startswith("cuda") and not torch.cuda.is_bf16_supported(),

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from lean import checks
+from lean.compat import safetensors_checkpoint_kwargs, warmup_kwargs
 from lean.errors import LeanError
 
 
@@ -175,8 +176,8 @@ def _training_args(config: FinetuneConfig, out: Path, device: str, **extra):
     return TrainingArguments(
         output_dir=str(out / "_checkpoints"), num_train_epochs=config.epochs, learning_rate=config.lr,
         per_device_train_batch_size=config.batch_size, per_device_eval_batch_size=max(config.batch_size, 32),
-        weight_decay=config.weight_decay, warmup_ratio=config.warmup_ratio, logging_steps=10, report_to=[],
-        disable_tqdm=True, seed=config.seed, use_cpu=device == "cpu", save_safetensors=True, save_total_limit=1,
+        weight_decay=config.weight_decay, **warmup_kwargs(config.warmup_ratio), logging_steps=10, report_to=[],
+        disable_tqdm=True, seed=config.seed, use_cpu=device == "cpu", **safetensors_checkpoint_kwargs(), save_total_limit=1,
         fp16=device.startswith("cuda") and not torch.cuda.is_bf16_supported(),
         bf16=device.startswith("cuda") and torch.cuda.is_bf16_supported(), dataloader_num_workers=0, **extra)
 

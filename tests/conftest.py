@@ -150,3 +150,17 @@ def invoke(*args: str) -> Result:
     finally:
         sys.argv = argv
     return Result(code, out.getvalue(), err.getvalue())
+
+
+def pytest_runtest_setup(item):
+    """One skip, with its reason, for every test marked `optimum` where optimum-onnx is absent (the transformers 5 stack)."""
+    import importlib.util
+
+    if not item.get_closest_marker("optimum"):
+        return
+    try:
+        installed = importlib.util.find_spec("optimum.onnxruntime") is not None
+    except ImportError:  # no `optimum` package at all
+        installed = False
+    if not installed:
+        pytest.skip("needs optimum-onnx, which pins transformers<4.58: pip install -e '.[optimum]'")

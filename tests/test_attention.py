@@ -81,9 +81,19 @@ def encoder(kind, attn_implementation, **overrides):
     return cls._from_config(config, attn_implementation=attn_implementation).to(DEVICE).eval()
 
 
+def assert_lean_route(model):
+    """transformers 5 routes BERT-family attention through the interface (no module is swapped);
+    4.57 does not, and lean swaps one self-attention module per layer."""
+    swapped = [m for m in model.modules() if type(m).__name__.startswith("Lean")]
+    if lean_attention.uses_attention_interface(model):
+        assert model.config._attn_implementation == "lean" and swapped == []
+    else:
+        assert len(swapped) == 2
+
+
 @pytest.mark.parametrize("kind, base", [("bert", "sdpa"), ("bert", "eager"), ("roberta", "sdpa"),
                                         ("distilbert", "sdpa"), ("distilbert", "eager")])
-def test_encoder_module_swap_matches_sdpa(kind, base, kernel_calls, caplog):
+def test_encoder_through_lean_matches_sdpa(kind, base, kernel_calls, caplog):
     caplog.set_level(logging.DEBUG, logger="lean.attention")
     reference = encoder(kind, "sdpa")
     model = encoder(kind, base)
@@ -94,12 +104,28 @@ def test_encoder_module_swap_matches_sdpa(kind, base, kernel_calls, caplog):
         lean_attention.use_lean_attention(model)
         got = model(input_ids=ids, attention_mask=mask).last_hidden_state
 
-    swapped = [m for m in model.modules() if type(m).__name__.startswith("Lean")]
-    assert len(swapped) == 2
+    assert_lean_route(model)
     assert len(kernel_calls) == 2 and all(c["key_padding_mask"] is not None for c in kernel_calls)
     assert fallback_messages(caplog) == []
     assert relative_error(got, expected) < 1e-5
     assert (got - expected).abs().max().item() < 1e-4
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(DEVICE != "cuda", reason="needs a CUDA GPU for half-precision models through the kernel")
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float16, 5e-3), (torch.bfloat16, 3e-2)])
+def test_encoder_half_precision_matches_sdpa(dtype, tolerance, kernel_calls, caplog):
+    reference = encoder("bert", "sdpa").to(dtype)
+    model = copy.deepcopy(reference)
+    ids, mask = padded_batch(seq_len=60)
+    with torch.no_grad():
+        expected = reference(input_ids=ids, attention_mask=mask).last_hidden_state
+        got = lean_attention.use_lean_attention(model)(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert_lean_route(model)
+    assert len(kernel_calls) == 2 and fallback_messages(caplog) == []
+    real = mask.bool()
+    assert got.dtype == dtype
+    assert relative_error(got[real], expected[real]) < tolerance
 
 
 def test_encoder_without_padding_passes_no_mask(kernel_calls):

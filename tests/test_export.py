@@ -32,6 +32,7 @@ def _manifest(path: Path) -> dict:
 
 # ---- classifiers ----------------------------------------------------------------------------------
 
+@pytest.mark.optimum
 def test_fp32_export_matches_pytorch_and_loads_in_optimum(bert_fp32, tiny_bert_dir):
     import torch
     from optimum.onnxruntime import ORTModelForSequenceClassification

@@ -176,6 +176,18 @@ def test_rebuilds_kernels_when_interpreter_flag_changes(monkeypatch):
     assert relative_error(out, attention_reference(q.double(), q.double(), q.double())) < 1e-5
 
 
+@pytest.mark.parametrize("mode, counts", [("full", (21, 24, 24)), ("quick", (4, 3, 3)), ("single", (1, 1, 1))])
+def test_autotune_mode_sets_the_compiled_config_lists(monkeypatch, mode, counts):
+    # The compiled kernels' lists, read as on a GPU; the interpreter always uses its own one config.
+    module = fa_module._kernels()
+    monkeypatch.setattr(module, "BUILT_FOR_INTERPRETER", False)
+    monkeypatch.setattr(module, "AUTOTUNE", mode)
+    monkeypatch.setattr(module, "QUICK_AUTOTUNE", mode in ("quick", "single"))
+    lists = (module._fwd_configs(), module._dkdv_configs(), module._dq_configs())
+    assert tuple(len(c) for c in lists) == counts
+    assert all(len({str(c) for c in configs}) == len(configs) for configs in lists)  # no duplicates
+
+
 def test_flag_set_after_triton_was_imported(tmp_path):
     # transformers imports triton, so in a test session triton may be loaded before any module sets
     # TRITON_INTERPRET; the kernels must still run interpreted (forward and backward).
