@@ -2,7 +2,8 @@
 
 A layer is quantized when it is a linear layer, is not kept in full precision (`skip`, or by
 default the task head; a weight tied to the input embeddings; the architecture's fp32 modules),
-and `filter_fn(module, name)` returns True when one is given (torchao's filter function).
+and `filter_fn(module, name)` returns True when one is given (torchao's filter function; it is
+asked about the linear layers not already kept, never about other modules).
 """
 
 from __future__ import annotations
