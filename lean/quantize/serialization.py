@@ -9,6 +9,7 @@ metadata for dynamic-int8) and `saved_config` / `load_quantized` give it back un
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,23 @@ DYNAMIC_WEIGHTS = "model-dynamic-int8.safetensors"
 QUANTIZATION_FILE = "quantization.json"  # lean's record beside a bitsandbytes directory: the config as given
 
 
+@contextlib.contextmanager
+def quiet_transformers():
+    """transformers' notes and progress bars off for the block (5.x draws "Loading weights" and "Writing
+    model shards" bars on stderr), restored after: lean prints its own one-line summary."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def save_quantized(model, out: str | Path) -> Path:
     """Write a model that `quantize_` changed into `out` (weights + config; the caller saves the tokenizer)."""
     info = getattr(model, "lean_quantization", None)
@@ -31,7 +49,8 @@ def save_quantized(model, out: str | Path) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if info["method"].startswith("bnb-"):
-        model.save_pretrained(out, safe_serialization=True)
+        with quiet_transformers():
+            model.save_pretrained(out, safe_serialization=True)
         (out / QUANTIZATION_FILE).write_text(json.dumps(info, indent=2) + "\n")
         return out
     from safetensors.torch import save_file
@@ -155,23 +174,19 @@ def load_quantized(path: str | Path, device: str = "cpu"):
 
 def _load_bnb(path, config, device):
     import torch
-    from transformers.utils import logging as hf_logging
 
     import_bitsandbytes()
     cls = _architecture_class(config, path)
     dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
     dtype = dtype if isinstance(dtype, torch.dtype) and dtype.is_floating_point else torch.float32
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # transformers logs device-map notes that are noise here
     try:
-        # dtype: the layers left in full precision keep their saved dtype (bitsandbytes would default them to fp16).
-        model = cls.from_pretrained(str(path), device_map=device, dtype=dtype, use_safetensors=True)
+        with quiet_transformers():  # device-map notes and progress bars are noise here
+            # dtype: the layers left in full precision keep their saved dtype (bitsandbytes would default them to fp16).
+            model = cls.from_pretrained(str(path), device_map=device, dtype=dtype, use_safetensors=True)
         use_generic_bnb_cpu_kernel(model)
         return model
     except (OSError, ValueError) as e:
         raise LeanError(f"cannot load the quantized model '{path}': {str(e).strip().splitlines()[0]}") from None
-    finally:
-        hf_logging.set_verbosity(verbosity)
 
 
 def _no_init_weights():

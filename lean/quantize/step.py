@@ -17,7 +17,7 @@ from lean.quantize.analysis import calibration_batches, calibration_texts, layer
 from lean.quantize.bnb import silence_known_notices
 from lean.quantize.configs import QuantizeStepConfig, check_device
 from lean.quantize.core import install_layers, prepare, quantized_layers
-from lean.quantize.serialization import DYNAMIC_WEIGHTS, quantization_of, save_quantized
+from lean.quantize.serialization import DYNAMIC_WEIGHTS, quantization_of, quiet_transformers, save_quantized
 from lean.quantize.sizes import weight_bytes
 
 NO_TASK = "no task given (--task) and none in the source's lean.json"
@@ -81,7 +81,8 @@ def _load_source(source: str, config: QuantizeStepConfig) -> _Source:
     kind = model_kind(load_config(resolved, config.trust_remote_code))
     max_length = config.max_length or (parent.get("config") or {}).get("max_length") or 128
     tokenizer = load_tokenizer(resolved, config.trust_remote_code)
-    model = load_model(resolved, kind, config.trust_remote_code).eval().to(device)
+    with quiet_transformers():
+        model = load_model(resolved, kind, config.trust_remote_code).eval().to(device)
     if kind == "lm":
         limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", max_length)
         max_length = min(max_length, limit)
