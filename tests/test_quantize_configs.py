@@ -115,3 +115,19 @@ def test_the_saved_config_loads_back_as_saved(saved_dirs):
     for method, (config, out) in saved_dirs.items():
         assert Q.saved_config(out) == config, method
         assert Q.load_quantized(out).lean_quantization["config"] == asdict(config), method
+
+
+def test_a_directory_without_lean_s_record_falls_back_to_config_json(saved_dirs, tmp_path):
+    """Written by plain transformers or an older lean: the bitsandbytes settings in config.json are what is known."""
+    import shutil
+
+    import lean.quantize as Q
+
+    config, out = saved_dirs["bnb-nf4"]
+    legacy = tmp_path / "legacy"
+    shutil.copytree(out, legacy)
+    (legacy / Q.QUANTIZATION_FILE).unlink()
+    assert Q.saved_config(legacy) == Q.BnbNF4Config(double_quant=False, compute_dtype="bfloat16")
+    model = Q.load_quantized(legacy)
+    assert type(model.bert.encoder.layer[0].attention.self.query).__name__ == "Linear4bit"
+    assert model.lean_quantization["method"] == "bnb-nf4"
