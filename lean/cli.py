@@ -158,7 +158,7 @@ def quantize(
     blocksize: Optional[int] = typer.Option(None, help="bnb-nf4/fp4: weights per scale (default 64)."),
     per_channel: Optional[bool] = typer.Option(None, "--per-channel/--per-tensor", help="dynamic-int8: one scale per output row (default) or one per layer."),
     skip: Optional[List[str]] = typer.Option(None, "--skip", help="Module kept in full precision (repeat; replaces the default: the classifier head / lm_head)."),
-    task: Optional[str] = typer.Option(None, help="Task for calibration and evaluation (default: the model's own task from lean.json, else bbc-news)."),
+    task: Optional[str] = typer.Option(None, help="Task for calibration and evaluation (default: the model's own task from lean.json, else none: calibrate on lean's sample texts, no accuracy check)."),
     text_column: Optional[str] = typer.Option(None, help="Text column of a file or dataset task."),
     label_column: Optional[str] = typer.Option(None, help="Label column of a file or dataset task."),
     calibration_samples: int = typer.Option(32, help="Train-split texts used to measure each layer's quantization error."),
@@ -206,6 +206,8 @@ def quantize(
         change = manifest["metrics"].get("test_accuracy_change_vs_parent")
         versus = f"  ({change * 100:+.2f} points vs the full-precision model)" if change is not None else ""
         typer.echo(f"  test accuracy {test['accuracy']:.4f}  macro-F1 {test['macro_f1']:.4f}  (n={test['n']}){versus}")
+    if not manifest.get("task_accuracy", {}).get("checked", True):
+        typer.echo(f"  no task accuracy was checked: {manifest['task_accuracy']['why']}")
 
 
 # ---- export ---------------------------------------------------------------------------------
