@@ -83,6 +83,9 @@ def run(source: str, config: ExportConfig, out: Path) -> dict[str, Any]:
     if not getattr(tokenizer, "is_fast", False):
         raise LeanError(f"'{source}' has no fast tokenizer (tokenizer.json), which lean.runtime needs: "
                         "save it with a transformers fast tokenizer")
+    if kind == "classification" and tokenizer.pad_token is None:
+        raise LeanError(f"the tokenizer of '{source}' has no pad, eos or unk token to pad batches with: "
+                        "set tokenizer.pad_token and save it with the model")
     model = load_model(source, kind, config.trust_remote_code).eval()
     if task is not None and kind == "classification" and model.config.num_labels != task.num_labels:
         raise LeanError(f"'{source}' has {model.config.num_labels} labels but task '{task.describe().get('spec')}' has {task.num_labels}: "
@@ -169,8 +172,12 @@ def _example(tokenizer, max_length: int) -> dict:
     sequence above 1, so torch.export keeps both dimensions dynamic)."""
     from lean.samples import sample_texts
 
+    import torch
+
     texts = [t for t in sample_texts() if len(t.split()) >= 8][:2]
-    return dict(tokenizer(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt"))
+    enc = tokenizer(texts, truncation=True, max_length=max_length)
+    n = min(len(ids) for ids in enc["input_ids"])  # cut to one length: no pad token needed (causal LMs may lack one)
+    return {k: torch.tensor([row[:n] for row in v]) for k, v in enc.items()}
 
 
 def _calibration_feed(tokenizer, task, config: ExportConfig, max_length: int) -> dict:

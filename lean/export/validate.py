@@ -23,8 +23,6 @@ def validate_classifier(model, tokenizer, onnx_model, texts: list[str], max_leng
     import numpy as np
     import torch
 
-    from lean.metrics import predict_logits
-
     cases, max_diff, token_mismatch = [], 0.0, 0
     for batch, length in ((1, max_length), (4, 32), (8, max_length), (16, 16)):
         batch_texts = [t if i % 2 == 0 else _short(t) for i, t in enumerate(texts[:batch])]  # every other one padded
@@ -38,8 +36,7 @@ def validate_classifier(model, tokenizer, onnx_model, texts: list[str], max_leng
         cases.append({"batch_size": len(batch_texts), "max_length": length,
                       "padded": bool((feed["attention_mask"] == 0).any()), "max_abs_diff": diff})
 
-    with torch.inference_mode():
-        ref_logits = predict_logits(model, tokenizer, texts, max_length, batch_size=32).numpy()
+    ref_logits = _pytorch_logits(model, tokenizer, texts, max_length)
     onnx_logits = onnx_model.logits(texts, batch_size=32, max_length=max_length)
     all_diff = float(np.abs(onnx_logits - ref_logits).max())
     ref_pred, onnx_pred = ref_logits.argmax(-1), onnx_logits.argmax(-1)
@@ -65,6 +62,24 @@ def validate_classifier(model, tokenizer, onnx_model, texts: list[str], max_leng
         report["metrics"] = {"test": classification_metrics(labels, [remap[i] for i in onnx_pred], task.label_names)}
         report["source_metrics"] = {"test": classification_metrics(labels, [remap[i] for i in ref_pred], task.label_names)}
     return report
+
+
+def _pytorch_logits(model, tokenizer, texts: list[str], max_length: int, batch_size: int = 32):
+    """(N, num_labels) PyTorch logits, passing only the inputs the model's forward takes (a shared BERT
+    tokenizer gives token_type_ids that DistilBERT has no use for)."""
+    import inspect
+
+    import numpy as np
+    import torch
+
+    takes = inspect.signature(model.forward).parameters
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(texts), batch_size):
+            enc = tokenizer(texts[i:i + batch_size], truncation=True, max_length=max_length, padding=True,
+                            return_tensors="pt")
+            out.append(model(**{k: v for k, v in enc.items() if k in takes}).logits.float().numpy())
+    return np.concatenate(out)
 
 
 def _label_remap(hf_config, label_names: list[str]) -> list[int]:
