@@ -96,7 +96,7 @@ def validate_lm(model, tokenizer, onnx_model, texts: list[str], max_length: int,
     `generate`, and sliding-window perplexity of the texts' first tokens in both runtimes."""
     from lean.lm import onnx_perplexity, perplexity, token_stream
 
-    n_prompts = min(8, len(texts))
+    n_prompts = min(8, len(texts), config.max_eval_samples or 8)
     prompts = [_short(t, 4 + 3 * (i % 4)) for i, t in enumerate(texts[:n_prompts])]  # 4..13 words
     report = _lm_prompt_logits(model, onnx_model, prompts)
     report.update(_lm_generations(model, tokenizer, onnx_model, prompts))
