@@ -30,7 +30,10 @@ class Exporter:
     install: str  # what to run when it is missing
 
     def available(self) -> bool:
-        return all(importlib.util.find_spec(m) is not None for m in self.requires)
+        try:
+            return all(importlib.util.find_spec(m) is not None for m in self.requires)
+        except ModuleNotFoundError:  # find_spec("a.b") imports "a", which may be missing
+            return False
 
     def backend(self):
         return importlib.import_module(self.module)
