@@ -216,10 +216,11 @@ def quantize(
 def export(
     model: str = typer.Argument(..., help="PyTorch model directory (a classifier or a causal LM), Hub id, or built-in alias."),
     output: Path = typer.Option(..., "--output", "-o", help="Directory to write the ONNX model into."),
-    task: Optional[str] = typer.Option(None, help="Task for validation and calibration (default: the model's own task from lean.json, else bbc-news)."),
+    task: Optional[str] = typer.Option(None, help="Task for validation and calibration (default: the model's own task from lean.json, else none: checked against PyTorch on lean's sample texts)."),
     text_column: Optional[str] = typer.Option(None, help="Text column of a file or dataset task (default: text)."),
     label_column: Optional[str] = typer.Option(None, help="Label column of a file or dataset task (default: label)."),
-    opset: Optional[int] = typer.Option(None, help="ONNX opset (default: optimum's choice for the architecture)."),
+    exporter: str = typer.Option("auto", help="auto (optimum-onnx where installed, else torch), torch (torch.onnx dynamo + onnxruntime's tools) or optimum."),
+    opset: Optional[int] = typer.Option(None, help="ONNX opset (default: the exporter's choice for the architecture)."),
     optimize: Optional[str] = typer.Option(None, help="ORTOptimizer level: O1 basic, O2 transformer fusions (exact), O3 + GELU approximation, O4 + fp16 (CUDA)."),
     fp16: bool = typer.Option(False, "--fp16", help="Cast weights and activations to fp16 (CUDA only)."),
     quantize: Optional[str] = typer.Option(None, help="int8-dynamic or int8-static (ORTQuantizer)."),
@@ -241,8 +242,8 @@ def export(
     from lean.steps import check_output_dir
 
     check_output_dir(output, overwrite, model)
-    config = ExportConfig(task=task, text_column=text_column, label_column=label_column, opset=opset, optimize=optimize,
-                          fp16=fp16, quantize=quantize, calibration_samples=calibration_samples, atol=atol,
+    config = ExportConfig(task=task, text_column=text_column, label_column=label_column, exporter=exporter, opset=opset,
+                          optimize=optimize, fp16=fp16, quantize=quantize, calibration_samples=calibration_samples, atol=atol,
                           max_metric_drop=max_metric_drop, min_agreement=min_agreement,
                           max_perplexity_ratio=max_perplexity_ratio, max_length=max_length,
                           device=device, max_eval_samples=max_eval_samples, trust_remote_code=trust_remote_code)
@@ -256,8 +257,10 @@ def export(
     if "generation_agreement" in v:
         line += f"  identical generations {v['generation_agreement']:.0%}"
     if "perplexity" in v:
-        line += f"  test perplexity {v['perplexity']['onnx']:.3f} (PyTorch {v['perplexity']['pytorch']:.3f})"
-    typer.echo(line)
+        line += f"  {v['perplexity']['split']} perplexity {v['perplexity']['onnx']:.3f} (PyTorch {v['perplexity']['pytorch']:.3f})"
+    typer.echo(line + f"  (exporter: {manifest['exporter']['name']})")
+    if manifest.get("note"):
+        typer.echo(manifest["note"])
 
 
 # ---- predict --------------------------------------------------------------------------------

@@ -74,10 +74,8 @@ class BlockDataset:
     """The corpus as one token stream (documents joined by eos) cut into blocks of `block_size` tokens."""
 
     def __init__(self, tokenizer, texts: Sequence[str], block_size: int):
-        eos = tokenizer.eos_token_id
-        stream: list[int] = []
-        for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]:
-            stream.extend(ids + [eos])
+        # documents joined by eos where the tokenizer has one, else end to end
+        stream = join_ids(tokenizer(list(texts), add_special_tokens=False)["input_ids"], tokenizer.eos_token_id)
         n = len(stream) // block_size
         if n == 0:
             raise LeanError(f"the corpus has {len(stream)} tokens, fewer than one block of {block_size}: lower --max-length")
@@ -161,7 +159,8 @@ def perplexity(model, tokenizer, texts: Sequence[str], window: int = 256, stride
     limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
     if limit and window > limit:
         raise LeanError(f"perplexity window {window} exceeds the model's context of {limit} tokens: lower it")
-    eos = tokenizer.eos_token_id
+    # padding is masked and never scored, so any id does; tokenizers without EOS (or pad) get 0
+    fill = next((t for t in (tokenizer.eos_token_id, tokenizer.pad_token_id) if t is not None), 0)
     stream = token_stream(tokenizer, texts, max_tokens)
     spans = windows(len(stream), window, stride)
     device = next(model.parameters()).device
@@ -170,7 +169,7 @@ def perplexity(model, tokenizer, texts: Sequence[str], window: int = 256, stride
         for i in range(0, len(spans), batch_size):
             group = spans[i:i + batch_size]
             width = max(e - b for b, e, _ in group)
-            ids = torch.full((len(group), width), eos, dtype=torch.long)
+            ids = torch.full((len(group), width), fill, dtype=torch.long)
             mask = torch.zeros((len(group), width), dtype=torch.long)
             labels = torch.full((len(group), width), -100, dtype=torch.long)
             for row, (b, e, first) in enumerate(group):

@@ -173,7 +173,8 @@ class OnnxModel:
             raise OnnxModelError(f"'{self.path}' is a causal LM: use generate(), not predict()")
         logits = self.logits(texts, batch_size=batch_size, max_length=max_length)
         probs = _softmax(logits)
-        names = self.label_names or [f"LABEL_{i}" for i in range(probs.shape[1])]
+        # the model's own id2label names; generic LABEL_i only for outputs it does not name
+        names = [self.label_names[i] if i < len(self.label_names) else f"LABEL_{i}" for i in range(probs.shape[1])]
         return [{"label": names[int(p.argmax())], "score": float(p.max()),
                  "scores": {names[i]: float(v) for i, v in enumerate(p)}} for p in probs]
 

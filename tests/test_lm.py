@@ -97,3 +97,27 @@ def test_bad_lm_inputs(tmp_path):
     res = invoke("finetune", "--task", "bbc-news", "-o", str(tmp_path / "x"))
     assert res.returncode == 2 and "--init-config" in res.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_perplexity_of_a_tokenizer_without_eos_or_pad(tmp_path):
+    """Documents are joined end to end and padding uses id 0; the result is the full pass's perplexity."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from export_models import save_gpt2_without_eos
+    from lean.lm import BlockDataset, perplexity
+
+    source = save_gpt2_without_eos(tmp_path / "gpt2")
+    model = AutoModelForCausalLM.from_pretrained(source).eval()
+    tok = AutoTokenizer.from_pretrained(source)
+    assert tok.eos_token_id is None and tok.pad_token_id is None
+    texts = ["Shares in the bank rose after its profits beat forecasts.", "The striker scored twice."]
+    ids = [i for x in tok(texts, add_special_tokens=False)["input_ids"] for i in x]
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0]
+    expected = math.exp(torch.nn.functional.cross_entropy(logits[:-1], torch.tensor(ids[1:])).item())
+    whole = perplexity(model, tok, texts, window=200, stride=200)
+    assert whole["tokens"] == len(ids) - 1 and whole["perplexity"] == pytest.approx(expected, rel=1e-4)
+    batched = perplexity(model, tok, texts, window=8, stride=4, batch_size=3)  # padded last window
+    assert batched["tokens"] == len(ids) - 1
+    assert BlockDataset(tok, texts, 4).blocks[0] == ids[:4]

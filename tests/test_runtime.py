@@ -37,7 +37,11 @@ def onnx_bert(tiny_bert_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def onnx_llama(tiny_llama_dir, tmp_path_factory) -> Path:
+    from export_models import HAS_OPTIMUM, NEEDS_OPTIMUM
     from lean.export import ExportConfig, export
+
+    if not HAS_OPTIMUM:
+        pytest.skip(NEEDS_OPTIMUM)
 
     return export(str(tiny_llama_dir), ExportConfig(max_eval_samples=4), str(tmp_path_factory.mktemp("onnx") / "llama"))
 
@@ -302,3 +306,18 @@ def test_fresh_venv_without_torch_runs_lean_predict(onnx_bert, tmp_path_factory)
     assert result.returncode == 0, result.stderr
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(rows) == 2 and all(r["label"] in ("business", "entertainment", "politics", "sport", "tech") for r in rows)
+
+
+def test_label_names_are_the_models_own_and_generic_only_where_it_has_none(onnx_bert, tmp_path):
+    import shutil
+
+    from lean.runtime import load
+
+    config = json.loads((onnx_bert / "config.json").read_text())
+    named = [config["id2label"][str(i)] for i in range(len(config["id2label"]))]
+    assert load(onnx_bert).predict(["Shares fell."])[0]["label"] in named
+    bare = tmp_path / "bare"
+    shutil.copytree(onnx_bert, bare)
+    (bare / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k not in ("id2label", "label2id")}))
+    row = load(bare).predict(["Shares fell."])[0]
+    assert sorted(row["scores"]) == [f"LABEL_{i}" for i in range(len(named))]

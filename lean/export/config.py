@@ -1,0 +1,78 @@
+"""ExportConfig: what `lean export` does, checked before any model is loaded."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lean.errors import LeanError
+
+OPTIMIZE_LEVELS = ("O1", "O2", "O3", "O4")
+QUANTIZE_METHODS = ("int8-dynamic", "int8-static")
+EXPORTER_CHOICES = ("auto", "torch", "optimum")
+
+
+@dataclass
+class ExportConfig:
+    task: str | None = None  # None: the task in the source's lean.json, else none (checked on lean.samples)
+    text_column: str | None = None
+    label_column: str | None = None
+    # auto: optimum-onnx where it is installed (every architecture it knows), else torch.onnx (dynamo)
+    exporter: str = "auto"
+    opset: int | None = None  # None: the exporter's default for the architecture
+    optimize: str | None = None  # O1..O4 (onnxruntime's transformer optimizer); O3 adds the tanh gelu approximation, O4 also fp16
+    fp16: bool = False  # CUDA only: onnxruntime's CPU kernels are fp32 and int8
+    quantize: str | None = None  # int8-dynamic | int8-static
+    calibration_samples: int = 128  # train-split texts (or sample texts, without a task) for int8-static ranges
+    # per-channel weight scales keep MiniLM-sized layers accurate at no latency cost
+    per_channel: bool = True
+    # None: 7-bit weights on CPUs without VNNI, where u8*s8 products can saturate (VPMADDUBSW);
+    # full 8 bits where VNNI is there
+    reduce_range: bool | None = None
+    atol: float = 1e-4  # fp32 gate on max |logits(onnx) - logits(pytorch)|
+    min_agreement: float = 0.98  # fp16/int8 gate: share of predictions equal to PyTorch's
+    max_metric_drop: float = 1.0  # fp16/int8 gate: points of accuracy / macro-F1 below the source (with a task)
+    max_perplexity_ratio: float = 1.05  # fp16/int8 gate for causal LMs: perplexity over PyTorch's
+    max_length: int | None = None  # None: the source's training max_length, else 128
+    device: str = "auto"  # where the ONNX model is validated: auto, cpu or cuda
+    split_seed: int = 42
+    max_eval_samples: int | None = None  # validate on the first N test texts only (quick runs, tests)
+    trust_remote_code: bool = False
+
+    def __post_init__(self):
+        if self.exporter not in EXPORTER_CHOICES:
+            raise LeanError(f"--exporter must be one of {', '.join(EXPORTER_CHOICES)}, got '{self.exporter}'")
+        if self.optimize is not None:
+            self.optimize = str(self.optimize).upper()
+            if self.optimize not in OPTIMIZE_LEVELS:
+                raise LeanError(f"--optimize must be one of {', '.join(OPTIMIZE_LEVELS)}, got '{self.optimize}'")
+        if self.quantize is not None and self.quantize not in QUANTIZE_METHODS:
+            raise LeanError(f"--quantize must be one of {', '.join(QUANTIZE_METHODS)}, got '{self.quantize}'")
+        if self.optimize == "O4":
+            self.fp16 = True
+        if self.fp16 and self.quantize:
+            raise LeanError("--fp16 (or --optimize O4) and --quantize do not combine: choose one precision")
+        if self.optimize and self.quantize == "int8-static":
+            raise LeanError("--optimize and --quantize int8-static do not combine (calibration cannot type the fused "
+                            "graph); drop --optimize: onnxruntime fuses the quantized graph when it loads it")
+        if self.calibration_samples < 1:
+            raise LeanError(f"--calibration-samples must be at least 1, got {self.calibration_samples}")
+        if not self.atol > 0:
+            raise LeanError(f"--atol must be positive, got {self.atol}")
+        if not 0 <= self.min_agreement <= 1:
+            raise LeanError(f"min_agreement must be between 0 and 1, got {self.min_agreement}")
+        if not self.max_perplexity_ratio >= 1:
+            raise LeanError(f"max_perplexity_ratio must be at least 1, got {self.max_perplexity_ratio}")
+        if self.max_metric_drop < 0:
+            raise LeanError(f"max_metric_drop must be at least 0 points, got {self.max_metric_drop}")
+        if self.max_length is not None and not 8 <= self.max_length <= 8192:
+            raise LeanError(f"--max-length must be between 8 and 8192, got {self.max_length}")
+        if self.opset is not None and not 11 <= self.opset <= 23:
+            raise LeanError(f"--opset must be between 11 and 23, got {self.opset}")
+        if self.max_eval_samples is not None and self.max_eval_samples < 1:
+            raise LeanError(f"--max-eval-samples must be at least 1, got {self.max_eval_samples}")
+        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
+            raise LeanError(f"unknown device '{self.device}': use auto, cpu or cuda")
+
+    @property
+    def precision(self) -> str:
+        return "fp16" if self.fp16 else ("int8" if self.quantize else "fp32")
