@@ -171,7 +171,7 @@ class Step:
 @dataclass
 class Variant:
     name: str
-    kind: str = "model"
+    kind: str = MODEL
     start: str = "teacher"  # teacher | base | a directory path
     steps: list[Step] = field(default_factory=list)
     load: LoadOptions = field(default_factory=LoadOptions)
