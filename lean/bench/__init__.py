@@ -18,7 +18,8 @@ from importlib import import_module
 
 _EXPORTS = {"BenchOptions": "lean.bench.runner", "run_bench": "lean.bench.runner",
             "DEFAULT_SUITE": "lean.bench.suite", "Suite": "lean.bench.suite", "Variant": "lean.bench.suite",
-            "directories_suite": "lean.bench.suite", "load_suite": "lean.bench.suite", "parse_suite": "lean.bench.suite"}
+            "directories_suite": "lean.bench.suite", "load_suite": "lean.bench.suite",
+            "parse_suite": "lean.bench.suite"}
 
 __all__ = list(_EXPORTS)
 

@@ -139,7 +139,8 @@ class TorchBackend(Backend):
         config = self.model.config
         self.label_names = [config.id2label[i] for i in range(len(config.id2label))] if config.id2label else []
         self.max_positions = getattr(config, "max_position_embeddings", None)
-        self.input_device = next(iter(self.model.parameters())).device if self.device == "cpu" else torch.device(self.device)
+        on_cpu = self.device == "cpu"
+        self.input_device = next(iter(self.model.parameters())).device if on_cpu else torch.device(self.device)
         self.torch = torch
 
     def _encode(self, texts, max_length, pad_to=None):

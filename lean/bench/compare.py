@@ -79,7 +79,8 @@ def format_comparison(comparison: dict[str, Any]) -> str:
         lines.append(f"{'ok  ' if v['agree'] else 'DIFF'} {v['name']}: {quality or 'no quality'}"
                      + (f"; {speed}" if speed else "")
                      + (f"; only one run has {', '.join(v['unmatched'])}" if v["unmatched"] else ""))
-    speeds = [d for v in comparison["variants"] if v["name"] != comparison["baseline"] for _, _, d in v["speed"].values()]
+    speeds = [d for v in comparison["variants"] if v["name"] != comparison["baseline"]
+              for _, _, d in v["speed"].values()]
     outside = [d for d in speeds if abs(d) > comparison["tolerance"]]
     covered = sum(len(v["within_intervals"]) for v in comparison["variants"])
     intervals = any(v["with_intervals"] for v in comparison["variants"])

@@ -45,7 +45,8 @@ def primary_cell(results: dict[str, Any]) -> tuple[int, int] | None:
 
 
 def cell_at(row: dict[str, Any], key: tuple[int, int]) -> dict[str, Any] | None:
-    return next((c for c in row.get("latency", []) if (c["batch_size"], c["seq_length"]) == key and "median_ms" in c), None)
+    return next((c for c in row.get("latency", [])
+                 if (c["batch_size"], c["seq_length"]) == key and "median_ms" in c), None)
 
 
 def fmt(value, digits: int = 4) -> str:

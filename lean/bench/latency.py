@@ -115,7 +115,8 @@ def serve_latency(backend: Backend, cells: list[dict[str, Any]], spec: dict[str,
             backend.forward(entry["batches"][u % len(entry["batches"])])
             backend.sync()
         done, n = len(entry["times"]), len(entry["batches"])  # the timed calls go on through the distinct batches
-        new = [timed_call(backend.forward, backend.sync, entry["batches"][(done + i) % n]) for i in range(request.calls)]
+        new = [timed_call(backend.forward, backend.sync, entry["batches"][(done + i) % n])
+               for i in range(request.calls)]
         entry["times"].extend(new)
         print(protocol.times_reply(request.batch_size, request.seq_length, new), flush=True)
 

@@ -84,7 +84,8 @@ def run_child(args: list[str], log: Path, timeout_s: float | None, on_line: Call
 
 
 def crash_text(returncode: int, log: Path) -> str:
-    tail = [l for l in log.read_text(errors="replace").splitlines() if l.strip()][-1:] if log.is_file() else []
+    lines = log.read_text(errors="replace").splitlines() if log.is_file() else []
+    tail = [line for line in lines if line.strip()][-1:]
     how = f"killed by {signal.Signals(-returncode).name}" if returncode < 0 else f"exited with status {returncode}"
     return f"the subprocess {how}" + (f"; last output: {tail[0].strip()[:300]}" if tail else "")
 

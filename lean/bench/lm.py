@@ -32,7 +32,8 @@ class PerplexityConfig:
 
     def __post_init__(self):
         if self.window < 2 or not 0 < self.stride <= self.window:
-            raise LeanError(f"measure.perplexity needs window >= 2 and 0 < stride <= window, got {self.window}, {self.stride}")
+            raise LeanError("measure.perplexity needs window >= 2 and 0 < stride <= window, "
+                            f"got {self.window}, {self.stride}")
         if (self.max_tokens is not None and self.max_tokens < 2) or self.batch_size < 1:
             raise LeanError("measure.perplexity max_tokens must be at least 2 and batch_size at least 1")
 
@@ -81,9 +82,11 @@ def lm_quality(backend, task, split, spec: dict[str, Any]) -> dict[str, Any]:
     texts = list(split.texts)
     limit = backend.max_positions
     if limit and cfg.window > limit:
-        raise LeanError(f"measure.perplexity.window {cfg.window} exceeds the model's context of {limit} tokens: lower it")
+        raise LeanError(f"measure.perplexity.window {cfg.window} exceeds the model's context of {limit} tokens: "
+                        "lower it")
     out = backend.perplexity(texts, cfg.window, cfg.stride, cfg.max_tokens, cfg.batch_size)
-    out.update({"max_tokens": cfg.max_tokens, "split": spec.get("split", "test"), "split_seed": task.split_seed, "texts": len(texts)})
+    out.update({"max_tokens": cfg.max_tokens, "split": spec.get("split", "test"), "split_seed": task.split_seed,
+                "texts": len(texts)})
     return out
 
 

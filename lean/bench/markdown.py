@@ -64,18 +64,21 @@ def table_lines(results: dict[str, Any], lm: bool) -> list[str]:
     """The table: a row per variant (quality, latency per cell, memory, weights, parameters)."""
     cells = grid(results)
     header = ["variant", "status"] + ([] if lm else ["accuracy", "macro-F1", "Δ acc"]) + \
-             [f"b{b}×{l} ms" for b, l in cells] + ["peak MB (×)", "weights MB (×)", "params"]
+             [f"b{batch}×{length} ms" for batch, length in cells] + ["peak MB (×)", "weights MB (×)", "params"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in results["variants"]:
         quality, size = row.get("quality") or {}, row.get("size") or {}
         ratios = row.get("vs_baseline") or {}
         peak = peak_memory_mb(row)
-        mem = f"{peak:.0f}" + (f" ({ratios['memory_ratio']:.2f}×)" if ratios.get("memory_ratio") else "") if peak else ""
+        mem = "" if not peak else \
+            f"{peak:.0f}" + (f" ({ratios['memory_ratio']:.2f}×)" if ratios.get("memory_ratio") else "")
         weights = mb(size.get("weights_bytes"))
-        wtext = f"{weights:.1f}" + (f" ({ratios['weights_ratio']:.2f}×)" if ratios.get("weights_ratio") else "") if weights else ""
+        wtext = "" if not weights else \
+            f"{weights:.1f}" + (f" ({ratios['weights_ratio']:.2f}×)" if ratios.get("weights_ratio") else "")
         delta = ratios.get("accuracy_delta")
-        values = [f"`{row['name']}`", row["status"]] + ([] if lm else [
-                  fmt(quality.get("accuracy")), fmt(quality.get("macro_f1")), "" if delta is None else f"{delta:+.4f}"]) + \
+        scores = [] if lm else [fmt(quality.get("accuracy")), fmt(quality.get("macro_f1")),
+                                "" if delta is None else f"{delta:+.4f}"]
+        values = [f"`{row['name']}`", row["status"]] + scores + \
                  [latency_text(cell_at(row, key)) for key in cells] + \
                  [mem, wtext, f"{size['params'] / 1e6:.2f}M" if size.get("params") else ""]
         lines.append("| " + " | ".join(values) + " |")
@@ -97,7 +100,8 @@ def latency_guide(results: dict[str, Any]) -> str:
             "over the baseline in this same run. p90/p99 and the run counts are in results.json and results.csv."
             + (" Every variant was loaded at once and timed in turn, round after round, each cell's calls "
                "spread over the whole phase (`measure.interleave`). A round in which a cell's variants ran "
-               f"slower together (more than {_tolerance(results):.0%} past the cell's quietest round: the machine slowed down, "
+               f"slower together (more than {_tolerance(results):.0%} past the cell's quietest round: "
+               "the machine slowed down, "
                "which hits variants unequally) is set aside for all of them, and the medians come from the "
                f"other rounds{_set_aside_text(results)}; results.json keeps every call and the all-rounds "
                "median. `±N%` bounds the 90% bootstrap interval of the speedup over the quiet rounds: how "
@@ -123,7 +127,8 @@ def guide_lines(results: dict[str, Any], lm: bool) -> tuple[list[str], str]:
         n = state["earlier_runs"]
         guide.append(f"- **earlier runs**: this run's baseline and speedups were compared with "
                      f"{'the one earlier run' if n == 1 else f'the median of the {n} earlier runs'} of this suite on "
-                     "this machine (same baseline, threads and device; `run.machine_state` in results.json): a baseline "
+                     "this machine (same baseline, threads and device; `run.machine_state` in results.json): "
+                     "a baseline "
                      f"cell more than {SPELL:.0%} off, or a speedup more than {AGREE:.0%} off, is named above; "
                      + ("trust the speedups that agree." if spell_text(results) else "none was."))
     if lm:

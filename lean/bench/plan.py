@@ -25,7 +25,8 @@ def missing_requirement(variant: Variant, device: str) -> str | None:
     for need in variant.requires:
         if need == "cuda":
             if not device.startswith("cuda"):
-                return "needs CUDA: this machine has no CUDA GPU" if not _has_cuda() else "needs CUDA: measuring on --device cpu"
+                return "needs CUDA: measuring on --device cpu" if _has_cuda() else \
+                    "needs CUDA: this machine has no CUDA GPU"
             continue
         try:
             found = importlib.util.find_spec(need.replace("-", "_")) is not None
@@ -54,7 +55,8 @@ def select_variants(suite: Suite, names: list[str] | None) -> list[str]:
     if names:
         unknown = [n for n in names if n not in suite.variants]
         if unknown:
-            raise LeanError(f"unknown variant '{unknown[0]}' in --variants; this suite has: {', '.join(suite.variants)}")
+            raise LeanError(f"unknown variant '{unknown[0]}' in --variants; "
+                            f"this suite has: {', '.join(suite.variants)}")
         chosen = set(names)
     else:
         chosen = set(suite.variants)

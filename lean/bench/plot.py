@@ -71,7 +71,8 @@ def finish_png(fig, ax, results: dict[str, Any], subject: str) -> bytes:
     import matplotlib.pyplot as plt
 
     run = results.get("run", {})
-    ax.set_title(f"lean bench {results['suite']['name']}: {subject} ({run.get('device')}, {run.get('threads')} threads)")
+    ax.set_title(f"lean bench {results['suite']['name']}: {subject} "
+                 f"({run.get('device')}, {run.get('threads')} threads)")
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
     buffer = io.BytesIO()

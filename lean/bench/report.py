@@ -40,7 +40,8 @@ def finalize(results: dict[str, Any]) -> dict[str, Any]:
         for cell in row.get("latency", []):
             ref = base_cells.get((cell["batch_size"], cell["seq_length"])) if base_ok else None
             cell["speedup"] = round(ref["median_ms"] / cell["median_ms"], 4) if ref and cell.get("median_ms") else None
-            interval = speedup_interval(ref.get("visits"), cell.get("visits")) if cell["speedup"] and row is not base else None
+            timed_against_base = cell["speedup"] and row is not base
+            interval = speedup_interval(ref.get("visits"), cell.get("visits")) if timed_against_base else None
             if interval:
                 cell["speedup_interval"] = interval
             else:
@@ -51,7 +52,8 @@ def finalize(results: dict[str, Any]) -> dict[str, Any]:
             ratios["memory_ratio"] = round(mine / theirs, 4) if mine and theirs else None
             mine_model = (row.get("memory") or {}).get("model_rss_mb")
             theirs_model = (base.get("memory") or {}).get("model_rss_mb")
-            ratios["model_memory_ratio"] = round(mine_model / theirs_model, 4) if mine_model and theirs_model and theirs_model > 0 else None
+            ratios["model_memory_ratio"] = round(mine_model / theirs_model, 4) \
+                if mine_model and theirs_model and theirs_model > 0 else None
             w, bw = (row.get("size") or {}).get("weights_bytes"), (base.get("size") or {}).get("weights_bytes")
             ratios["weights_ratio"] = round(w / bw, 4) if w and bw else None
             a, ba = (row.get("quality") or {}).get("accuracy"), (base.get("quality") or {}).get("accuracy")

@@ -67,8 +67,10 @@ def lm_markdown(results: dict[str, Any]) -> list[str]:
     q = next((r.get("quality") for r in results["variants"] if r.get("quality")), None) or {}
     gen = next((r.get("generation") for r in results["variants"] if r.get("generation")), None) or {}
     lines += ["", f"- **perplexity**: sliding window {q.get('window')} tokens, stride {q.get('stride')}, over "
-              f"{q.get('tokens')} scored tokens of the joined test split; (×) is the ratio to the baseline (lower is better).",
-              f"- **generation**: greedy, {gen.get('new_tokens')} new tokens after prompts of {gen.get('prompt_tokens')} "
+              f"{q.get('tokens')} scored tokens of the joined test split; (×) is the ratio to the baseline "
+              "(lower is better).",
+              f"- **generation**: greedy, {gen.get('new_tokens')} new tokens after prompts of "
+              f"{gen.get('prompt_tokens')} "
               "tokens cut from real test texts; TTFT is the median time to the first new token (prompt prefill "
               "included); decode tok/s counts the tokens after the first over the time after the first, summed over "
               "the timed rounds; (×) is the speedup over the baseline. *greedy = baseline* counts the prompts whose "

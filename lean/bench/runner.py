@@ -71,8 +71,9 @@ class BenchOptions:
         if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
                                          or self.threads < 1):
             raise LeanError(f"--threads must be a whole number of at least 1, got {self.threads!r}")
-        if self.timeout_s is not None and (isinstance(self.timeout_s, bool) or not isinstance(self.timeout_s, (int, float))
-                                           or not math.isfinite(self.timeout_s) or self.timeout_s <= 0):
+        timeout = self.timeout_s
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                    or not math.isfinite(timeout) or timeout <= 0):
             raise LeanError(f"--timeout must be a positive number of seconds, got {self.timeout_s!r}")
         runs_dir = Path(self.runs_dir).expanduser()
         if runs_dir.exists() and not runs_dir.is_dir():
@@ -100,7 +101,8 @@ class BenchRun:
         self.names = select_variants(suite, options.variants)
         self.device = resolve_device(options.device)
         self.threads = options.threads or suite.measure.threads or physical_cores()
-        task = load_task(suite.task, suite.text_column, suite.label_column, suite.split_seed)  # bad task: error before any work
+        # a bad task is an error before any work
+        task = load_task(suite.task, suite.text_column, suite.label_column, suite.split_seed)
         self.runs_dir = Path(options.runs_dir).expanduser().resolve()
         self.logs = self.output / "logs"
         self.results: dict[str, Any] = {

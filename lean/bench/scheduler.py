@@ -93,7 +93,8 @@ class Interleaved:
         self.pending, self.progress = pending, progress
         self.keys: list[tuple[int, int]] = []  # every variant's cells, in suite order
         for p in pending:
-            self.keys += [(b, s) for b in p.measure.batch_sizes for s in p.measure.seq_lengths if (b, s) not in self.keys]
+            self.keys += [(b, s) for b in p.measure.batch_sizes for s in p.measure.seq_lengths
+                          if (b, s) not in self.keys]
         self.times: dict[Key, list[float]] = {(id(p), k): [] for p in pending for k in p.grid()}
         self.visits: dict[Key, list[dict[str, Any]]] = {key: [] for key in self.times}  # per round
         self.counted: dict[Key, int] = {key: 0 for key in self.times}  # calls in quiet rounds
@@ -109,7 +110,8 @@ class Interleaved:
             self.counted[pid, key] = len(quiet_calls(vs, self.quiet[key]))
 
     def calls_left(self, extra: bool) -> int:
-        return sum(self.by_id[pid].wanted(cell, self.counted[pid, key], extra) for (pid, key), cell in self.times.items()
+        return sum(self.by_id[pid].wanted(cell, self.counted[pid, key], extra)
+                   for (pid, key), cell in self.times.items()
                    if self.by_id[pid].ended is None and (pid, key) not in self.skipped)
 
     def run(self) -> None:
@@ -173,7 +175,8 @@ class Interleaved:
             collect_row(p.row, p.result_file, p.process.log, code, timed_out, "latency (interleaved)", p.timeout_s,
                         p.load_wall_s)
             timing = p.row["timing"]
-            timing["wall_s"] = round(timing["wall_s"] + (timing.get("latency_s") or 0), 2)  # the interleaved phase, whole
+            # the interleaved phase, whole
+            timing["wall_s"] = round(timing["wall_s"] + (timing.get("latency_s") or 0), 2)
             for cell in p.row.get("latency") or []:
                 key = (cell["batch_size"], cell["seq_length"])
                 mine = self.visits.get((id(p), key))

@@ -236,13 +236,15 @@ def parse_steps(value: Any, where: str) -> list[Step]:
     if value is None:
         return []
     if not isinstance(value, list):
-        raise LeanError(f"{where} must be a list of steps like [{{finetune: {{epochs: 1}}}}], got {type(value).__name__}")
+        raise LeanError(f"{where} must be a list of steps like [{{finetune: {{epochs: 1}}}}], "
+                        f"got {type(value).__name__}")
     steps = []
     for i, item in enumerate(value):
         if isinstance(item, str):
             item = {item: {}}
         if not isinstance(item, dict) or len(item) != 1:
-            raise LeanError(f"{where}[{i}] must be one step name with its options, like {{quantize: {{method: bnb-int8}}}}")
+            raise LeanError(f"{where}[{i}] must be one step name with its options, "
+                            "like {quantize: {method: bnb-int8}}")
         (name, options), = item.items()
         if name not in STEPS:
             raise LeanError(f"unknown step '{name}' in {where}[{i}]; known steps: {', '.join(sorted(STEPS))}")
@@ -273,8 +275,9 @@ def parse_suite(data: Any, file: str | None = None, check_steps: bool = True) ->
             raise LeanError(f"{where} has base: null, which needs a teacher whose first step is "
                             "{finetune: {init_config: NAME, ...}} (a causal LM trained from scratch)")
         data = {**data, "base": f"init:{init}"}
-    measure = _build(MeasureConfig, _check_keys(f"{where} measure", data.get("measure"),
-                                                {f.name for f in dataclasses.fields(MeasureConfig)}), f"{where} measure")
+    measure_keys = {f.name for f in dataclasses.fields(MeasureConfig)}
+    measure = _build(MeasureConfig, _check_keys(f"{where} measure", data.get("measure"), measure_keys),
+                     f"{where} measure")
     teacher = data.get("teacher", [])
     teacher = teacher if isinstance(teacher, str) else parse_steps(teacher, f"{where} teacher")
     raw_variants = data["variants"]
@@ -337,7 +340,8 @@ def parse_variant(name: str, spec: Any, measure: MeasureConfig, where: str) -> V
         raise LeanError(f"{where}: give 'path' (an existing directory) or 'from', not both")
     start = str(spec.get("path") or spec.get("from") or "teacher")
     if "from" in spec and start not in STARTS:
-        raise LeanError(f"{where}: 'from' must be one of {', '.join(STARTS)} (use 'path' for a directory), got '{start}'")
+        raise LeanError(f"{where}: 'from' must be one of {', '.join(STARTS)} (use 'path' for a directory), "
+                        f"got '{start}'")
     load = _build(LoadOptions, _check_keys(f"{where} load", spec.get("load"),
                                            {f.name for f in dataclasses.fields(LoadOptions)}), f"{where} load")
     requires = parse_requires(spec.get("requires"), where)
@@ -413,11 +417,13 @@ def load_suite(path: str | Path | None = None) -> Suite:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""
-        raise LeanError(f"suite '{path}' is not valid YAML{at}: {getattr(e, 'problem', None) or type(e).__name__}") from None
+        problem = getattr(e, "problem", None) or type(e).__name__
+        raise LeanError(f"suite '{path}' is not valid YAML{at}: {problem}") from None
     return parse_suite(data, str(path))
 
 
-def directories_suite(dirs: list[str], task: str | None = None, name: str = "dirs", measure: MeasureConfig | None = None) -> Suite:
+def directories_suite(dirs: list[str], task: str | None = None, name: str = "dirs",
+                      measure: MeasureConfig | None = None) -> Suite:
     """A suite that measures existing directories against each other (the first is the baseline)."""
     from lean.bench.inputs import read_manifest_checked
 

@@ -16,11 +16,13 @@ def results_table(results: dict[str, Any]):
 
     lm = (results.get("task") or {}).get("kind") == "lm"
     cells = grid(results)
-    batches = sorted({c["batch_size"] for r in results["variants"] for c in (r.get("generation") or {}).get("cells", [])})
+    batches = sorted({c["batch_size"] for r in results["variants"]
+                      for c in (r.get("generation") or {}).get("cells", [])})
     table = Table(title=f"lean bench {results['suite']['name']} ({results['run']['device']}, "
                         f"{results['run']['threads']} threads; speedup over {results['baseline']})")
     quality_columns = ["perplexity (×)"] + [f"b{b} decode tok/s (×)" for b in batches] if lm else ["accuracy", "F1"]
-    for column in ["variant", "status", *quality_columns] + [f"b{b}×{l} ms" for b, l in cells] + ["peak MB", "weights MB"]:
+    cell_columns = [f"b{batch}×{length} ms" for batch, length in cells]
+    for column in ["variant", "status", *quality_columns, *cell_columns, "peak MB", "weights MB"]:
         table.add_column(column, justify="left" if column in ("variant", "status") else "right")
     for row in results["variants"]:
         quality, size, ratios = row.get("quality") or {}, row.get("size") or {}, row.get("vs_baseline") or {}
@@ -34,7 +36,8 @@ def results_table(results: dict[str, Any]):
         else:
             values = [fmt(quality.get("accuracy")), fmt(quality.get("macro_f1"))]
         table.add_row(row["name"], status, *values, *[latency_text(cell_at(row, key)) for key in cells],
-                      f"{peak:.0f}" if peak else "", f"{mb(size['weights_bytes']):.1f}" if size.get("weights_bytes") else "")
+                      f"{peak:.0f}" if peak else "",
+                      f"{mb(size['weights_bytes']):.1f}" if size.get("weights_bytes") else "")
     return table
 
 
@@ -64,4 +67,5 @@ def print_row(console, row: dict[str, Any], results: dict[str, Any]) -> None:
         f"accuracy {fmt(quality.get('accuracy'))}"
     peak = peak_memory_mb(row)
     console.print(f"  {row['name']}: {what}{first}" + (f", peak {peak:.0f} MB" if peak else "")
-                  + f" ({built} step(s) built, {cached} reused, {row['timing'].get('wall_s', 0):.0f} s)", highlight=False)
+                  + f" ({built} step(s) built, {cached} reused, {row['timing'].get('wall_s', 0):.0f} s)",
+                  highlight=False)

@@ -107,7 +107,8 @@ class VariantRun:
         # a fitted kind cuts its latency texts with the base model's tokenizer, at the token counts the transformers see
         tokenizer_dir = base_tokenizer_dir(run.suite) if fitted else (str(model_dir) if model_dir else None)
         return {
-            "kind": variant.kind, "backend": backend_name(variant.kind, model_dir), "model_dir": self.record["model_dir"],
+            "kind": variant.kind, "backend": backend_name(variant.kind, model_dir),
+            "model_dir": self.record["model_dir"],
             "tokenizer_dir": tokenizer_dir, "load": dataclasses.asdict(variant.load), "device": run.device,
             "threads": run.threads, "task": task_spec(run.suite), "split": measure.split,
             "max_length": measure.max_length or (trained_max_length(model_dir) if model_dir else 128),
