@@ -99,7 +99,8 @@ def test_a_run_is_told_when_its_baseline_ran_off_its_earlier_runs_on_the_machine
     # a speedup that moved while the baseline held is named too
     moved = run(25.0, speedup=2.5)
     note_machine_state(moved, tmp_path)
-    assert moved["run"]["machine_state"]["spell"] == [] and moved["run"]["machine_state"]["speedups_off"] == ["int8 b1x128"]
+    state = moved["run"]["machine_state"]
+    assert state["spell"] == [] and state["speedups_off"] == ["int8 b1x128"]
     assert spell_text(moved).startswith("1 of 1 speedups differ by more than 10% from the median of its 5 earlier runs "
                                         "(int8 b1x128 +25%)")
     # a variant built another way under the same name is not compared with the old one
@@ -169,12 +170,15 @@ def test_compare_runs_checks_quality_exactly_and_speed_ratios_within_tolerance(t
 def test_estimators_script_counts_agreeing_speedups_under_both_medians(tmp_path, capsys):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("estimators", Path(__file__).parent.parent / "benchmarks" / "estimators.py")
+    script = Path(__file__).parent.parent / "benchmarks" / "estimators.py"
+    spec = importlib.util.spec_from_file_location("estimators", script)
     estimators = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(estimators)
 
     def run(name, base_ms, mine_ms):
-        cells = lambda calls: [{"batch_size": 1, "seq_length": 8, "visits": [{"round": 0, "ms": calls, "quiet": True}]}]
+        def cells(calls):
+            return [{"batch_size": 1, "seq_length": 8, "visits": [{"round": 0, "ms": calls, "quiet": True}]}]
+
         (tmp_path / name).mkdir()
         (tmp_path / name / "results.json").write_text(json.dumps({"baseline": "a", "variants": [
             {"name": "a", "status": "ok", "latency": cells(base_ms)},

@@ -26,7 +26,8 @@ def test_children_started_from_a_checkout_do_not_import_its_kernels_folder():
                            text=True, check=True).stdout.strip()
     assert found != str(root / "kernels" / "__init__.py")
     plain = {k: v for k, v in env.items() if k != "PYTHONSAFEPATH"}
-    bare = subprocess.run([sys.executable, "-c", probe], cwd=root, env=plain, capture_output=True, text=True, check=True)
+    bare = subprocess.run([sys.executable, "-c", probe], cwd=root, env=plain, capture_output=True, text=True,
+                          check=True)
     assert bare.stdout.strip() == str(root / "kernels" / "__init__.py")  # what the variable prevents
 
 

@@ -52,10 +52,12 @@ def test_measured_rows_match_references(tiny_run, tiny_bert_dir, bbc_csv):
     task = load_task(str(bbc_csv))
     model, tok = load_model(str(tiny_bert_dir)), load_tokenizer(str(tiny_bert_dir))
     torch.set_num_threads(1)
-    reference = classification_metrics(task.test.labels, predict_logits(model, tok, task.test.texts, 512).argmax(-1).tolist(),
+    predicted = predict_logits(model, tok, task.test.texts, 512).argmax(-1).tolist()
+    reference = classification_metrics(task.test.labels, predicted,
                                        task.label_names)
     assert fp32["quality"]["accuracy"] == reference["accuracy"] and fp32["quality"]["n"] == len(task.test)
-    assert row_named(results, "copied")["quality"]["accuracy"] == fp32["quality"]["accuracy"]  # same weights, same answer
+    # same weights, same answer
+    assert row_named(results, "copied")["quality"]["accuracy"] == fp32["quality"]["accuracy"]
 
     classical = fit_tfidf_logreg(task.train.texts, task.train.labels)
     expected = classification_metrics(task.test.labels, classical.predict(task.test.texts).tolist(), task.label_names)
@@ -279,7 +281,8 @@ def test_rigorous_times_every_cell_three_times_as_long(tmp_path, tiny_bert_dir, 
             (default.variants[n].measure, longer.variants[n].measure) for n in default.variants]:
         assert (after.repeats, after.min_repeats, after.max_cell_s) == \
             (3 * before.repeats, 3 * before.min_repeats, 3 * before.max_cell_s)
-        assert (after.warmup, after.batch_sizes, after.timeout_s) == (before.warmup, before.batch_sizes, before.timeout_s)
+        assert (after.warmup, after.batch_sizes, after.timeout_s) == \
+            (before.warmup, before.batch_sizes, before.timeout_s)
     assert longer.variants["sdpa"].steps == default.variants["sdpa"].steps
 
     data = tiny_suite(tiny_bert_dir, bbc_csv, tmp_path / "c")
@@ -313,6 +316,7 @@ def test_training_progress_eta_ignores_the_setup_before_the_first_step():
     from lean.bench.progress import training_progress
 
     # step 1 reported 100 s in (teacher logits cached first), then 10 steps in 5 s: 0.5 s a step
-    assert training_progress("build distill (1/1)", 1, 196, (1, 100.0), 100.0) == "build distill (1/1): 1/196 training steps"
+    assert training_progress("build distill (1/1)", 1, 196, (1, 100.0), 100.0) == \
+        "build distill (1/1): 1/196 training steps"
     assert training_progress("build distill (1/1)", 11, 196, (1, 100.0), 105.0) == \
         "build distill (1/1): 11/196 training steps, eta 1:32"

@@ -62,7 +62,8 @@ def test_bad_yaml_and_missing_file(tmp_path):
 
 def test_default_and_full_suites_list_their_variants_and_share_the_cache():
     suites = Path(__file__).resolve().parent.parent / "benchmarks" / "suites"
-    assert (suites / "default.yaml").resolve() == DEFAULT_SUITE.resolve()  # one file, reachable from an installed package too
+    # one file, reachable from an installed package too
+    assert (suites / "default.yaml").resolve() == DEFAULT_SUITE.resolve()
     default, full = load_suite(), load_suite(suites / "cpu-full.yaml")
     every = {"fp32", "sdpa", "bf16", "fp16", "tfidf-logreg", "int8-dynamic", "int8-bnb", "nf4-bnb", "fp4-bnb",
              "student-l3", "student-l2", "student-l3+", "onnx-fp32", "onnx-O2", "onnx-int8-dynamic",
@@ -79,7 +80,8 @@ def test_default_and_full_suites_list_their_variants_and_share_the_cache():
     assert default.variants["sdpa"].load == full.variants["sdpa"].load
     for suite in (default, full):
         assert suite.base == "minilm-l6" and suite.task == "bbc-news"
-        assert {"cuda"} <= set(suite.variants["fp16"].requires) and {"cuda"} <= set(suite.variants["lean-attention"].requires)
+        assert {"cuda"} <= set(suite.variants["fp16"].requires)
+        assert {"cuda"} <= set(suite.variants["lean-attention"].requires)
         # the student shared by student-l3 and student-l3+onnx-int8 is one chain prefix, so one build
         assert suite.variants["student-l3"].steps[0] == suite.variants["student-l3+onnx-int8"].steps[0]
 

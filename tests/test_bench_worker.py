@@ -37,7 +37,8 @@ def test_time_cell_warms_up_then_repeats_within_the_cell_budget():
     assert all(t >= 0.02 for t in times)
     calls.clear()
     times, warmed = time_cell(forward, lambda: None, ["a"], warmup=10, repeats=50, min_repeats=3, max_cell_s=0.05)
-    assert warmed in (1, 2) and len(times) == 3  # warm-up stops at max_cell_s / 2; timing at max_cell_s, 3 runs at least
+    # warm-up stops at max_cell_s / 2; timing at max_cell_s, 3 runs at least
+    assert warmed in (1, 2) and len(times) == 3
 
     def slow_forward(batch):
         calls.append(batch)
@@ -63,7 +64,8 @@ def test_serve_latency_times_each_visit_through_the_distinct_batches(capsys):
             pass
 
     entry = {"cell": {"batch_size": 1, "seq_length": 8}, "times": [], "warmed": None, "batches": list("abcde")}
-    serve_latency(Backend(), [entry], {"warmup": 0, "max_cell_s": None}, ["time 1 8 3 2", "time 1 8 3", "time 1 9 1", "end"])
+    requests = ["time 1 8 3 2", "time 1 8 3", "time 1 9 1", "end"]
+    serve_latency(Backend(), [entry], {"warmup": 0, "max_cell_s": None}, requests)
     assert calls == ["a", "b"] + ["a", "b", "c"] + ["d", "e", "a"]  # 2 untimed, 3 timed; then 3 timed
     assert len(entry["times"]) == 6
     out = capsys.readouterr().out.splitlines()
