@@ -24,7 +24,7 @@ SCHEMA_VERSION = 1
 STATUSES = ("ok", "failed", "skipped", "timeout", "oom", "interrupted")
 
 
-_OWN = ("extra", "nulls")  # bookkeeping fields, not keys of results.json
+_OWN = ("extra", "nulls", "has_latency")  # bookkeeping fields, not keys of results.json
 
 
 def _split(cls, data: dict[str, Any]) -> dict[str, Any]:
@@ -94,6 +94,7 @@ class Row:
     vs_baseline: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     nulls: tuple[str, ...] = field(default=(), repr=False, compare=False)
+    has_latency: bool = field(default=True, repr=False, compare=False)  # False: the file's row had no "latency"
     ALWAYS = ("error", "phase")  # written even when null: every row says whether it failed and where
 
     @classmethod
@@ -110,7 +111,7 @@ class Row:
     def to_dict(self) -> dict[str, Any]:
         out = _join(self, {})
         out.pop("cells")
-        if self.cells or getattr(self, "has_latency", True):
+        if self.cells or self.has_latency:
             out["latency"] = [c.to_dict() for c in self.cells]
         return out
 
