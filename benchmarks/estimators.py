@@ -5,9 +5,9 @@ timed calls each run recorded (results.json: every latency cell's `visits`).
 
 For every pair of runs and every speedup over the baseline (each variant's latency cells), it counts
 the pairs within the tolerance, once with the middle call (the sample median) of each cell's calls
-in quiet rounds and once with the Harrell-Davis median (lean.bench.measure.quantile, what the
+in quiet rounds and once with the Harrell-Davis median (lean.bench.stats.quantile, what the
 harness reports). With --quiet-tolerance, each cell's quiet rounds are chosen again from its recorded
-visits with that tolerance (lean.bench.rounds.quiet_rounds) instead of as the run marked them; the
+visits with that tolerance (lean.bench.stats.quiet_rounds) instead of as the run marked them; the
 rounds a harness with that tolerance would have added are not there. Only interleaved runs record
 their calls.
 """
@@ -21,8 +21,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from lean.bench.measure import quantile
-from lean.bench.rounds import quiet_calls, quiet_rounds
+from lean.bench.stats import quantile, quiet_calls, quiet_rounds
 
 
 def cell_calls(cell: dict, quiet: set[int] | None) -> list[float]:

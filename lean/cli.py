@@ -377,6 +377,7 @@ def bench(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty output directory."),
     rigorous: bool = typer.Option(False, "--rigorous", help="Time every latency cell three times as long: steadier "
                                   "speedups on a noisy machine, about two minutes more on the default suite."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the models' repositories (a suite cannot)."),
 ):
     """Measure accuracy, latency and memory of every variant in a suite (default: the built-in suite)."""
     from lean.bench.suite import directories_suite, load_suite
@@ -395,23 +396,16 @@ def bench(
         suite = directories_suite(targets, task=task)
     selected = [v.strip() for v in variants.split(",") if v.strip()] if variants else None
     if list_variants:
-        from lean.bench.runner import missing_requirement, select_variants
-        from lean.models import resolve_device
+        from lean.bench.runner import list_lines
 
-        dev = resolve_device(device)
-        for name in select_variants(suite, selected):
-            v = suite.variants[name]
-            start = "" if v.kind != "model" else ("dir" if v.start not in ("teacher", "base") else v.start)
-            steps = " > ".join([start] * bool(start) + [s.name for s in v.steps])
-            why = missing_requirement(v, dev)
-            typer.echo(f"{name:24s} {v.kind:14s} {steps:30s} {'skip: ' + why if why else 'runs'}")
+        typer.echo("\n".join(list_lines(suite, selected, device, trust_remote_code)))
         return
     from lean.bench.runner import BenchOptions, default_output, run_bench
     from lean.steps import check_output_dir
 
     out = check_output_dir(output or default_output(suite), overwrite)
     options = BenchOptions(output=out, runs_dir=runs_dir, variants=selected, timeout_s=timeout, device=device,
-                           threads=threads, overwrite=overwrite, rigorous=rigorous)
+                           threads=threads, overwrite=overwrite, rigorous=rigorous, trust_remote_code=trust_remote_code)
     from rich.console import Console
 
     from lean.bench.history import spell_text

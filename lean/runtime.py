@@ -230,10 +230,12 @@ class OnnxModel:
             for i, n in cut:
                 warnings.warn(f"prompt {start + i + 1} has {n} tokens; kept its last {limit} (the model's context "
                               f"is {self.context_length} tokens, {max_new_tokens} of them for new tokens)", stacklevel=2)
-            out.extend(self._greedy(feed["input_ids"], feed["attention_mask"], max_new_tokens, stats))
+            out.extend(self.greedy(feed["input_ids"], feed["attention_mask"], max_new_tokens, stats))
         return out
 
-    def _greedy(self, input_ids: np.ndarray, mask: np.ndarray, max_new_tokens: int, stats: dict | None) -> list[list[int]]:
+    def greedy(self, input_ids: np.ndarray, mask: np.ndarray, max_new_tokens: int, stats: dict | None) -> list[list[int]]:
+        """Greedy new ids per row of token ids (EOS excluded), with the KV cache; `stats` gains prefill_s,
+        decode_s, new_tokens (after the first, summed over the batch) and steps."""
         batch = input_ids.shape[0]
         past = self._empty_past(batch)
         new = np.zeros((batch, 0), dtype=np.int64)
@@ -271,6 +273,8 @@ class OnnxModel:
                 row = row[:row.index(self.eos_id)]
             result.append(row)
         return result
+
+    _greedy = greedy  # the earlier private name
 
     def _lm_inputs(self, tokens: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
         """input_ids (B, T), attention_mask (B, past + T) and, where the graph takes them, position_ids (B, T)."""

@@ -1,4 +1,4 @@
-"""Tests for the language-model side of lean bench (lean/bench/lm.py and its hooks in the harness).
+"""Tests for the language-model side of lean bench (lean.bench.lm, the LM side of the backends, lean.bench.report_lm).
 
     python -m pytest tests/test_bench_lm.py -x -q
 
@@ -14,8 +14,8 @@ import math
 
 import pytest
 import yaml
-
 from conftest import bbc_rows
+
 from lean.errors import LeanError
 
 
@@ -105,10 +105,10 @@ def test_torch_generation_outputs_are_plain_greedy_generate(lm_run, tiny_llama_d
 
 
 def test_pareto_front_prefers_fast_and_low_perplexity():
-    from lean.bench.lm import pareto_front
+    from lean.bench.stats import pareto_front
 
     points = [("a", 10.0, 20.0), ("b", 20.0, 25.0), ("c", 15.0, 30.0), ("d", 5.0, 19.0)]
-    assert [p[0] for p in pareto_front(points)] == ["b", "a", "d"]  # c is slower and worse than b
+    assert [p[0] for p in pareto_front(points, x="higher", y="lower")] == ["b", "a", "d"]  # c: slower and worse than b
 
 
 def test_windows_score_every_token_once():
@@ -130,7 +130,7 @@ def _suite(**changes):
 
 
 def test_suite_base_null_trains_the_teacher_from_an_init_config():
-    from lean.bench.runner import source_key
+    from lean.bench.chains import source_key
     from lean.bench.suite import parse_suite
 
     suite = parse_suite(_suite())
@@ -168,7 +168,7 @@ def test_terminal_line_of_an_lm_row_shows_perplexity_and_decode_speed(lm_run):
 
     from rich.console import Console
 
-    from lean.bench.report import print_row
+    from lean.bench.terminal import print_row
 
     results, _ = lm_run
     console = Console(file=io.StringIO(), width=200)
@@ -182,7 +182,7 @@ def test_terminal_table_of_an_lm_run_has_perplexity_and_decode_columns(lm_run):
 
     from rich.console import Console
 
-    from lean.bench.report import results_table
+    from lean.bench.terminal import results_table
 
     results, _ = lm_run
     console = Console(file=io.StringIO(), width=250)

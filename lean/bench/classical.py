@@ -11,7 +11,9 @@ loads the fitted model, so its memory is what serving it takes, not what fitting
 
 The directory holds no pickle: vocabulary.json (term -> column), weights.safetensors (idf, the
 logistic regression's coef, intercept and classes) and lean.json (config, task, fit time); loading
-rebuilds the scikit-learn pipeline from them. Tests: tests/test_bench.py.
+rebuilds the scikit-learn pipeline from them. `ClassicalBackend` measures it in the measuring
+subprocess; lean.bench.kinds registers the two as the variant kind "tfidf-logreg".
+Child side of lean.bench. Tests: tests/test_bench_classical.py.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
+from lean.bench.backends import Backend
+from lean.bench.inputs import fast_tokenizer, load_spec_task
 from lean.errors import LeanError
 
 STEP = "tfidf-logreg"  # the name in lean.json and in a row's chain
@@ -105,7 +109,7 @@ def load_tfidf_logreg(path: str | os.PathLike):
 def build_tfidf_logreg(task: dict[str, Any], config: TfidfLogregConfig, out: str | os.PathLike) -> Path:
     """Fit on the train split of `task` (a measuring spec's task: spec, text_column, label_column,
     split_seed) and write the directory atomically (a temp dir renamed into place)."""
-    from lean.bench.measure import load_spec_task
+    import lean
     from lean.models import environment, write_manifest
     from lean.steps import atomic_dir
 
@@ -116,7 +120,7 @@ def build_tfidf_logreg(task: dict[str, Any], config: TfidfLogregConfig, out: str
         pipeline = fit_tfidf_logreg(loaded.train.texts, loaded.train.labels, config)
         fit_s = round(time.perf_counter() - start, 3)
         save_tfidf_logreg(pipeline, tmp)
-        write_manifest(tmp, {"lean_version": "0.1.0", "step": STEP, "config": asdict(config), "task": task,
+        write_manifest(tmp, {"lean_version": lean.__version__, "step": STEP, "config": asdict(config), "task": task,
                              "labels": list(loaded.label_names), "train_size": len(loaded.train),
                              "features": int(pipeline.named_steps["logreg"].coef_.shape[1]), "fit_s": fit_s,
                              "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -128,3 +132,48 @@ def parameter_count(pipeline) -> int:
     """Learned numbers: the logistic regression's weights and biases plus the idf vector."""
     logreg, tfidf = pipeline.named_steps["logreg"], pipeline.named_steps["tfidf"]
     return int(logreg.coef_.size + logreg.intercept_.size + tfidf.idf_.size)
+
+
+class ClassicalBackend(Backend):
+    """tfidf-logreg: the pipeline the harness fitted on the train split, timed on the same truncated texts
+    as the transformers."""
+
+    preload = ("sklearn.feature_extraction.text", "sklearn.linear_model")
+    truncates = False  # scored on whole texts: a linear model has no length limit
+
+    def __init__(self, path: str, spec: dict[str, Any], task):
+        self.path = path
+        self.model, manifest = load_tfidf_logreg(path)
+        self.fit_s = manifest.get("fit_s")
+        self.label_names = list(task.label_names)
+        if manifest.get("labels") not in (None, self.label_names):
+            raise ValueError(f"'{path}' was fitted on labels {manifest['labels']}, the task has {self.label_names}")
+        # latency texts are cut at the token counts the transformers see, with the tokenizers library
+        # alone (transformers would import torch: seconds and hundreds of MB that serving a linear model never pays)
+        self.tokenizer = fast_tokenizer(spec.get("tokenizer_dir"))
+
+    def logits(self, texts, max_length, batch_size):
+        import numpy as np
+
+        # full articles, in batches like the transformers (one call on a whole test split costs far more
+        # memory at its peak). Columns follow classes_ (a class absent from a tiny train split has no
+        # column), so place them by class index.
+        out = np.full((len(texts), len(self.label_names)), -np.inf, dtype=np.float64)
+        for start in range(0, len(texts), batch_size):
+            out[start:start + batch_size, self.model.classes_] = \
+                self.model.predict_log_proba(list(texts[start:start + batch_size]))
+        return out
+
+    def prepare(self, texts, seq_length):
+        if self.tokenizer is None:
+            return [" ".join(t.split()[:seq_length]) for t in texts]
+        self.tokenizer.enable_truncation(max_length=seq_length)
+        encodings = self.tokenizer.encode_batch(list(texts))
+        return [t[:max((end for _, end in e.offsets), default=0)] for t, e in zip(texts, encodings)]
+
+    def forward(self, inputs):
+        self.model.predict_proba(inputs)
+
+    def size(self):
+        return {"params": parameter_count(self.model), "fit_s": self.fit_s,
+                "weights_bytes": sum(Path(self.path, f).stat().st_size for f in (VOCABULARY, WEIGHTS))}

@@ -7,30 +7,19 @@ baseline within a tolerance (absolute times differ between machines and days; ra
 RUN_A and RUN_B are run directories (or their results.json). Prints one line per variant and a
 verdict; exits 1 when they disagree, 2 on bad input. `--rounds` prints one run's latency round by
 round (the median of each visit's calls), where a slow spell of the machine shows as a stretch of
-slower rounds, the ones set aside in brackets. Tests: tests/test_bench.py.
+slower rounds, the ones set aside in brackets. Any results.json lean bench wrote loads
+(lean.bench.results). A reader of runs. Tests: tests/test_bench_compare.py.
 """
 
 from __future__ import annotations
 
-import json
 import sys
-from pathlib import Path
 from typing import Any
 
+from lean.bench.results import load_results
 from lean.errors import LeanError
 
 QUALITY_KEYS = ("accuracy", "macro_f1", "perplexity")
-
-
-def load_results(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    file = path / "results.json" if path.is_dir() else path
-    if not file.is_file():
-        raise LeanError(f"no results.json at {path}: pass a run directory written by lean bench")
-    try:
-        return json.loads(file.read_text())
-    except json.JSONDecodeError as e:
-        raise LeanError(f"{file} is not valid JSON ({e.msg} at line {e.lineno})") from None
 
 
 def speed_ratios(row: dict[str, Any]) -> dict[str, tuple[float, list[float] | None]]:
@@ -90,7 +79,8 @@ def format_comparison(comparison: dict[str, Any]) -> str:
         lines.append(f"{'ok  ' if v['agree'] else 'DIFF'} {v['name']}: {quality or 'no quality'}"
                      + (f"; {speed}" if speed else "")
                      + (f"; only one run has {', '.join(v['unmatched'])}" if v["unmatched"] else ""))
-    speeds = [d for v in comparison["variants"] if v["name"] != comparison["baseline"] for _, _, d in v["speed"].values()]
+    speeds = [d for v in comparison["variants"] if v["name"] != comparison["baseline"]
+              for _, _, d in v["speed"].values()]
     outside = [d for d in speeds if abs(d) > comparison["tolerance"]]
     covered = sum(len(v["within_intervals"]) for v in comparison["variants"])
     intervals = any(v["with_intervals"] for v in comparison["variants"])

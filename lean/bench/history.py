@@ -4,7 +4,7 @@
 
 A shared machine (a cloud VM) can stay in a slow state for a whole run: on a 2-vCPU VM the baseline's
 batch-1 calls once ran 25% slower, and ONNX int8's 70% slower, in every round of a 2-minute run.
-Within that run every round was as slow as the others, so the quiet-round logic (lean.bench.rounds)
+Within that run every round was as slow as the others, so the quiet-round logic (lean.bench.stats)
 had nothing quieter to compare with, and its batch-1 speedups read 20 to 35% low against the runs
 before it. Only other runs can show that. So each finished run appends its baseline's median per
 latency cell, and every variant's speedup per cell, to RUNS_DIR/history.jsonl, and a run compares
@@ -12,7 +12,7 @@ its own with the median of up to KEEP earlier runs that share its key (suite, ba
 CPU or GPU, threads, device); with one earlier run, with that one. A baseline cell off by more than
 SPELL, or a speedup off by more than AGREE (the variant built the same way), marks the run:
 results.json, report.md and the CLI say so. So a user learns from the harness itself whether its
-speedups hold from run to run on this machine. Tests: tests/test_bench.py.
+speedups hold from run to run on this machine. A reader of runs. Tests: tests/test_bench_history.py.
 """
 
 from __future__ import annotations

@@ -7,32 +7,55 @@ A suite names a task, a base model, a teacher chain (steps from the base), a bas
 how to measure, and the variants. A variant is a chain of steps that starts from the teacher (or
 the base, or an existing directory), plus options for loading the result (attention, dtype). Every
 key is checked here: a misspelt key is a one-line LeanError that names it and lists the known ones,
-before any model is built. The full schema is documented in docs/bench.md.
+before any model is built, and so is every number (type, range, finite). Relative paths (a task
+file, a base or variant directory) resolve against the suite file's directory. A suite cannot enable
+remote code: only `lean bench --trust-remote-code` does (Suite.trust_remote_code). Parent side of
+lean.bench. The full schema is documented in docs/bench.md.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lean.bench.kinds import KINDS, MODEL
+from lean.bench.lm import check_measure_options
 from lean.errors import LeanError
 
 # The built-in suite ships inside the package (benchmarks/suites/default.yaml is a link to it), so
 # `lean bench` works from a non-editable install too.
 DEFAULT_SUITE = Path(__file__).with_name("default.yaml")
 
-# Variant kinds: how the measuring subprocess loads and runs a variant. "model" covers every model
-# directory (PyTorch, bitsandbytes, ONNX); "tfidf-logreg" is the classical reference row.
-VARIANT_KINDS = {
-    "model": "a model directory built by the variant's steps (PyTorch, quantized or ONNX)",
-    "tfidf-logreg": "TF-IDF features + logistic regression (scikit-learn), trained on the task's train split",
-}
 ATTENTIONS = ("eager", "sdpa", "lean")  # `lean` is the fused Triton kernel (lean.attention)
 DTYPES = ("float32", "bfloat16", "float16")
 STARTS = ("teacher", "base")  # where a variant's steps begin (or a directory path)
+SPLITS = ("test", "validation")  # what measure.split may score
+REMOTE_CODE = ("remote code runs only with `lean bench --trust-remote-code` on the command line, never from a "
+               "suite")
+# a module name in `requires` (dots between identifiers; a PyPI name's hyphens are read as underscores)
+MODULE_NAME = re.compile(r"^[A-Za-z_][\w-]*(\.[A-Za-z_][\w-]*)*$")
+
+
+def check_int(where: str, value: Any, minimum: int, none_ok: bool = False) -> None:
+    """A whole number >= minimum (None where allowed), else a LeanError naming `where`."""
+    if value is None and none_ok:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise LeanError(f"{where} must be a whole number of at least {minimum}{' (or null)' if none_ok else ''}, "
+                        f"got {value!r}")
+
+
+def check_seconds(where: str, value: Any, none_ok: bool = False) -> None:
+    """A finite positive number of seconds (None where allowed), else a LeanError naming `where`."""
+    if value is None and none_ok:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise LeanError(f"{where} must be a positive number of seconds{' (or null)' if none_ok else ''}, got {value!r}")
 
 
 def _check_keys(where: str, values: Any, known: set[str] | list[str]) -> dict[str, Any]:
@@ -79,29 +102,34 @@ class MeasureConfig:
     perplexity: dict[str, Any] | None = None
     # lm tasks: {batch_sizes, new_tokens, prompt_tokens, repeats, warmup}; None: defaults; false: skip generation
     generation: dict[str, Any] | bool | None = None
+    # the split quality is scored on: test (the figure to report) or validation (to choose variants on,
+    # as `lean optimize` does, keeping the test split for the final report)
+    split: str = "test"
 
     def __post_init__(self):
-        from lean.bench.lm import check_measure_options
-
         check_measure_options(self.perplexity, self.generation)
         for name in ("batch_sizes", "seq_lengths"):
             value = getattr(self, name)
-            if isinstance(value, int):
+            if isinstance(value, int) and not isinstance(value, bool):
                 value = [value]
                 setattr(self, name, value)
-            if not isinstance(value, list) or not value or not all(isinstance(v, int) and v >= 1 for v in value):
+            if not isinstance(value, list) or not value or \
+                    not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value):
                 raise LeanError(f"measure.{name} must be a non-empty list of positive integers, got {value!r}")
-        if self.warmup < 0:
-            raise LeanError(f"measure.warmup must be 0 or more, got {self.warmup}")
-        if self.repeats < 1 or self.min_repeats < 1:
-            raise LeanError(f"measure.repeats and measure.min_repeats must be at least 1, got {self.repeats}, {self.min_repeats}")
+        for name, minimum in (("warmup", 0), ("repeats", 1), ("min_repeats", 1), ("eval_batch_size", 1)):
+            check_int(f"measure.{name}", getattr(self, name), minimum)
+        check_int("measure.threads", self.threads, 1, none_ok=True)
+        check_int("measure.max_length", self.max_length, 8, none_ok=True)
+        check_int("measure.max_eval_samples", self.max_eval_samples, 1, none_ok=True)
+        check_seconds("measure.timeout_s", self.timeout_s)
+        check_seconds("measure.build_timeout_s", self.build_timeout_s, none_ok=True)
+        check_seconds("measure.max_cell_s", self.max_cell_s, none_ok=True)
+        for name in ("interleave", "reuse_memory", "quality", "latency"):
+            if not isinstance(getattr(self, name), bool):
+                raise LeanError(f"measure.{name} must be true or false, got {getattr(self, name)!r}")
+        if self.split not in SPLITS:
+            raise LeanError(f"measure.split must be one of {', '.join(SPLITS)}, got {self.split!r}")
         self.min_repeats = min(self.min_repeats, self.repeats)
-        if self.timeout_s <= 0 or (self.build_timeout_s is not None and self.build_timeout_s <= 0):
-            raise LeanError("measure.timeout_s and measure.build_timeout_s must be positive seconds")
-        if self.threads is not None and self.threads < 1:
-            raise LeanError(f"measure.threads must be at least 1, got {self.threads}")
-        if self.max_length is not None and self.max_length < 8:
-            raise LeanError(f"measure.max_length must be at least 8, got {self.max_length}")
 
     def longer(self, factor: int) -> "MeasureConfig":
         """This config with `factor` times the timed calls and time per latency cell (`lean bench --rigorous`)."""
@@ -143,7 +171,7 @@ class Step:
 @dataclass
 class Variant:
     name: str
-    kind: str = "model"
+    kind: str = MODEL
     start: str = "teacher"  # teacher | base | a directory path
     steps: list[Step] = field(default_factory=list)
     load: LoadOptions = field(default_factory=LoadOptions)
@@ -170,13 +198,17 @@ class Suite:
     label_column: str | None = None
     split_seed: int = 42
     file: str | None = None
+    trust_remote_code: bool = False  # set from `lean bench --trust-remote-code` only, never from the YAML
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "file": self.file, "task": self.task, "text_column": self.text_column,
-                "label_column": self.label_column, "split_seed": self.split_seed, "base": self.base,
-                "teacher": self.teacher if isinstance(self.teacher, str) else [s.to_dict() for s in self.teacher],
-                "baseline": self.baseline, "measure": dataclasses.asdict(self.measure),
-                "variants": {n: v.config() for n, v in self.variants.items()}}
+        out = {"name": self.name, "file": self.file, "task": self.task, "text_column": self.text_column,
+               "label_column": self.label_column, "split_seed": self.split_seed, "base": self.base,
+               "teacher": self.teacher if isinstance(self.teacher, str) else [s.to_dict() for s in self.teacher],
+               "baseline": self.baseline, "measure": dataclasses.asdict(self.measure),
+               "variants": {n: v.config() for n, v in self.variants.items()}}
+        if self.trust_remote_code:
+            out["trust_remote_code"] = True
+        return out
 
     def longer(self, factor: int) -> "Suite":
         """This suite with every variant's latency cells timed `factor` times as long (MeasureConfig.longer)."""
@@ -204,18 +236,22 @@ def parse_steps(value: Any, where: str) -> list[Step]:
     if value is None:
         return []
     if not isinstance(value, list):
-        raise LeanError(f"{where} must be a list of steps like [{{finetune: {{epochs: 1}}}}], got {type(value).__name__}")
+        raise LeanError(f"{where} must be a list of steps like [{{finetune: {{epochs: 1}}}}], "
+                        f"got {type(value).__name__}")
     steps = []
     for i, item in enumerate(value):
         if isinstance(item, str):
             item = {item: {}}
         if not isinstance(item, dict) or len(item) != 1:
-            raise LeanError(f"{where}[{i}] must be one step name with its options, like {{quantize: {{method: bnb-int8}}}}")
+            raise LeanError(f"{where}[{i}] must be one step name with its options, "
+                            "like {quantize: {method: bnb-int8}}")
         (name, options), = item.items()
         if name not in STEPS:
             raise LeanError(f"unknown step '{name}' in {where}[{i}]; known steps: {', '.join(sorted(STEPS))}")
         if options is not None and not isinstance(options, dict):
             raise LeanError(f"options of step '{name}' in {where}[{i}] must be a mapping, got {type(options).__name__}")
+        if "trust_remote_code" in (options or {}):
+            raise LeanError(f"{where}[{i}] ({name}) sets trust_remote_code: {REMOTE_CODE}; remove the key")
         steps.append(Step(name, dict(options or {})))
     return steps
 
@@ -223,7 +259,12 @@ def parse_steps(value: Any, where: str) -> list[Step]:
 def parse_suite(data: Any, file: str | None = None, check_steps: bool = True) -> Suite:
     """Validate a suite's parsed YAML into a Suite; every unknown key is a LeanError naming it."""
     where = f"suite '{file}'" if file else "suite"
+    if isinstance(data, dict) and "trust_remote_code" in data:
+        raise LeanError(f"{where} sets trust_remote_code: {REMOTE_CODE}; remove the key")
     data = _check_keys(f"{where} (top level)", data, SUITE_KEYS)
+    data = _resolve_paths(data, Path(file).parent if file else None)
+    split_seed = data.get("split_seed", 42)
+    check_int(f"{where} split_seed", split_seed, 0)
     for required in ("task", "base", "variants"):
         if required not in data:
             raise LeanError(f"{where} has no '{required}' key: add it (see docs/bench.md)")
@@ -234,8 +275,9 @@ def parse_suite(data: Any, file: str | None = None, check_steps: bool = True) ->
             raise LeanError(f"{where} has base: null, which needs a teacher whose first step is "
                             "{finetune: {init_config: NAME, ...}} (a causal LM trained from scratch)")
         data = {**data, "base": f"init:{init}"}
-    measure = _build(MeasureConfig, _check_keys(f"{where} measure", data.get("measure"),
-                                                {f.name for f in dataclasses.fields(MeasureConfig)}), f"{where} measure")
+    measure_keys = {f.name for f in dataclasses.fields(MeasureConfig)}
+    measure = _build(MeasureConfig, _check_keys(f"{where} measure", data.get("measure"), measure_keys),
+                     f"{where} measure")
     teacher = data.get("teacher", [])
     teacher = teacher if isinstance(teacher, str) else parse_steps(teacher, f"{where} teacher")
     raw_variants = data["variants"]
@@ -250,33 +292,63 @@ def parse_suite(data: Any, file: str | None = None, check_steps: bool = True) ->
     suite = Suite(name=str(data.get("name") or (Path(file).stem if file else "suite")), task=str(data["task"]),
                   base=str(data["base"]), teacher=teacher, baseline=baseline, measure=measure, variants=variants,
                   text_column=data.get("text_column"), label_column=data.get("label_column"),
-                  split_seed=int(data.get("split_seed", 42)), file=file)
+                  split_seed=split_seed, file=file)
     if check_steps:
         check_step_options(suite)
     return suite
 
 
+def _resolve_paths(data: dict[str, Any], folder: Path | None) -> dict[str, Any]:
+    """The suite with its relative paths (task, base, a teacher directory, variant paths) made absolute
+    against the suite file's folder, where a file or directory of that name is there. Other values
+    (built-in names, Hub ids) are left as they are."""
+    if folder is None:
+        return data
+
+    def resolve(value: Any) -> Any:
+        if not isinstance(value, str) or not value or Path(value).expanduser().is_absolute():
+            return value
+        candidate = folder / value
+        return str(candidate.resolve()) if candidate.exists() else value
+
+    data = {**data, **{key: resolve(data[key]) for key in ("task", "base") if key in data}}
+    if isinstance(data.get("teacher"), str):
+        data["teacher"] = resolve(data["teacher"])
+    if isinstance(data.get("variants"), dict):
+        data["variants"] = {name: {**spec, "path": resolve(spec["path"])} if isinstance(spec, dict) and "path" in spec
+                            else spec for name, spec in data["variants"].items()}
+    return data
+
+
+def parse_requires(value: Any, where: str) -> list[str]:
+    """`requires`: cuda, or module names (triton, bitsandbytes, ...), each checked for its form."""
+    requires = [value] if isinstance(value, str) else (value or [])
+    if not isinstance(requires, list) or not all(isinstance(r, str) for r in requires):
+        raise LeanError(f"{where}: requires must be a list of names (cuda, or packages such as triton)")
+    for need in requires:
+        if need != "cuda" and not MODULE_NAME.match(need):
+            raise LeanError(f"{where}: requires '{need}' is not a module name (like triton or bitsandbytes)")
+    return list(requires)
+
+
 def parse_variant(name: str, spec: Any, measure: MeasureConfig, where: str) -> Variant:
     spec = _check_keys(where, spec, VARIANT_KEYS)
-    kind = spec.get("kind", "model")
-    if kind not in VARIANT_KINDS:
-        raise LeanError(f"{where}: unknown kind '{kind}'; known kinds: {', '.join(VARIANT_KINDS)}")
+    kind = spec.get("kind", MODEL)
+    if kind not in KINDS:
+        raise LeanError(f"{where}: unknown kind '{kind}'; known kinds: {', '.join(KINDS)}")
     if "path" in spec and "from" in spec:
         raise LeanError(f"{where}: give 'path' (an existing directory) or 'from', not both")
     start = str(spec.get("path") or spec.get("from") or "teacher")
     if "from" in spec and start not in STARTS:
-        raise LeanError(f"{where}: 'from' must be one of {', '.join(STARTS)} (use 'path' for a directory), got '{start}'")
+        raise LeanError(f"{where}: 'from' must be one of {', '.join(STARTS)} (use 'path' for a directory), "
+                        f"got '{start}'")
     load = _build(LoadOptions, _check_keys(f"{where} load", spec.get("load"),
                                            {f.name for f in dataclasses.fields(LoadOptions)}), f"{where} load")
-    requires = spec.get("requires") or []
-    if isinstance(requires, str):
-        requires = [requires]
-    if not isinstance(requires, list) or not all(isinstance(r, str) for r in requires):
-        raise LeanError(f"{where}: requires must be a list of names (cuda, or packages such as triton)")
-    if kind != "model" and (spec.get("steps") or "path" in spec):
+    requires = parse_requires(spec.get("requires"), where)
+    if not KINDS[kind].takes_steps and (spec.get("steps") or "path" in spec):
         raise LeanError(f"{where}: a '{kind}' variant takes no steps or path (it is trained from the task itself)")
     return Variant(name=name, kind=kind, start=start, steps=parse_steps(spec.get("steps"), f"{where} steps"),
-                   load=load, requires=list(requires), measure=measure.replace(spec.get("measure") or {}, f"{where} measure"),
+                   load=load, requires=requires, measure=measure.replace(spec.get("measure") or {}, f"{where} measure"),
                    description=str(spec.get("description", "")))
 
 
@@ -301,6 +373,8 @@ def step_options(suite: Suite, step: Step) -> dict[str, Any]:
     for key in TASK_FIELDS:
         if key in accepted and key not in options and suite_task[key] is not None:
             options[key] = suite_task[key]
+    if suite.trust_remote_code and "trust_remote_code" in accepted:  # the command line's flag, never the YAML
+        options["trust_remote_code"] = True
     return options
 
 
@@ -335,19 +409,23 @@ def load_suite(path: str | Path | None = None) -> Suite:
 
     path = Path(path).expanduser() if path is not None else DEFAULT_SUITE
     if not path.is_file():
-        raise LeanError(f"suite file '{path}' does not exist")
+        raise LeanError(f"suite file '{path}' does not exist" + (" (it is a directory)" if path.is_dir() else ""))
     try:
         data = yaml.safe_load(path.read_text())
+    except UnicodeDecodeError:
+        raise LeanError(f"suite '{path}' is not UTF-8 text: pass a YAML file") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""
-        raise LeanError(f"suite '{path}' is not valid YAML{at}: {getattr(e, 'problem', None) or type(e).__name__}") from None
+        problem = getattr(e, "problem", None) or type(e).__name__
+        raise LeanError(f"suite '{path}' is not valid YAML{at}: {problem}") from None
     return parse_suite(data, str(path))
 
 
-def directories_suite(dirs: list[str], task: str | None = None, name: str = "dirs", measure: MeasureConfig | None = None) -> Suite:
+def directories_suite(dirs: list[str], task: str | None = None, name: str = "dirs",
+                      measure: MeasureConfig | None = None) -> Suite:
     """A suite that measures existing directories against each other (the first is the baseline)."""
-    from lean.models import read_manifest
+    from lean.bench.inputs import read_manifest_checked
 
     if not dirs:
         raise LeanError("pass at least one model directory")
@@ -356,11 +434,15 @@ def directories_suite(dirs: list[str], task: str | None = None, name: str = "dir
             raise LeanError(f"'{d}' is not a directory: pass model directories (or one suite .yaml file)")
     split_seed, text_column, label_column = 42, None, None
     if task is None:
-        recorded = read_manifest(dirs[0]).get("task") or {}
+        recorded = read_manifest_checked(dirs[0]).get("task") or {}
+        if not isinstance(recorded, dict):
+            raise LeanError(f"'{dirs[0]}/lean.json' records its task as {type(recorded).__name__}, not a mapping: "
+                            "pass --task")
         task = recorded.get("spec") or recorded.get("name")
-        if not task:
+        if not task or not isinstance(task, str):
             raise LeanError(f"'{dirs[0]}' records no task in lean.json: pass --task")
-        split_seed = int(recorded.get("split_seed") or 42)
+        split_seed = recorded.get("split_seed") or 42
+        check_int(f"'{dirs[0]}/lean.json' task.split_seed", split_seed, 0)
         text_column, label_column = recorded.get("text_column"), recorded.get("label_column")
     measure = measure or MeasureConfig()
     variants: dict[str, Variant] = {}
