@@ -91,7 +91,9 @@ def load_task(spec: str, text_column: str | None = None, label_column: str | Non
         kind = "lm" if spec.endswith("-lm") and spec in BUILTIN_TASKS or path.suffix.lower() == ".txt" else "classification"
     if kind == "lm":
         return _lm_task(spec, text_column, split_seed)
-    record = {"spec": spec, "text_column": text_column, "label_column": label_column}
+    # a local file or directory is recorded absolute, so a child step run from elsewhere finds it
+    recorded_spec = str(path.resolve()) if spec not in BUILTIN_TASKS and path.exists() else spec
+    record = {"spec": recorded_spec, "text_column": text_column, "label_column": label_column}
     if spec == "bbc-news":
         texts, raw_labels = _read_bbc_news()
         return _from_lists(spec, texts, raw_labels, split_seed, record, dedupe=False)
@@ -99,13 +101,13 @@ def load_task(spec: str, text_column: str | None = None, label_column: str | Non
         texts, raw_labels = _read_tweets()
         return _from_lists(spec, texts, raw_labels, split_seed, record)
     if path.is_dir():
-        return _from_datasets_dir(path, text_column, label_column, split_seed, record)
+        return _from_datasets_dir(path.resolve(), text_column, label_column, split_seed, record)
     if path.suffix.lower() in (".csv", ".jsonl", ".json", ".parquet", ".tsv"):
         if not path.is_file():
             raise LeanError(f"task file '{spec}' does not exist")
         rows = _read_table(path)
         texts, labels = _columns(rows, text_column or "text", label_column or "label", str(path))
-        return _from_lists(str(path), texts, labels, split_seed, record)
+        return _from_lists(recorded_spec, texts, labels, split_seed, record)
     if "/" in spec and not spec.startswith((".", "/", "~")) and spec.count("/") == 1:
         return _from_hub(spec, text_column, label_column, split_seed, record)
     raise LeanError(
@@ -342,8 +344,8 @@ def _build(where, splits, split_seed, record, label_names) -> Task:
 
 def _lm_task(spec: str, text_column: str | None, split_seed: int) -> Task:
     """Texts only. bbc-news-lm reuses bbc-news's split so the LM never trains on a test article."""
-    record = {"spec": spec, "text_column": text_column}
     path = Path(spec).expanduser()
+    record = {"spec": str(path.resolve()) if spec not in BUILTIN_TASKS and path.exists() else spec, "text_column": text_column}
     if spec in ("bbc-news-lm", "bbc-news"):
         cls = load_task("bbc-news", split_seed=split_seed)
         splits = {k: Split(getattr(cls, k).texts, []) for k in ("train", "validation", "test")}

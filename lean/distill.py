@@ -43,9 +43,9 @@ class DistillConfig:
     lr: float = 2e-4
     batch_size: int = 16
     grad_accum: int = 1
-    max_length: int = 128
+    max_length: int | None = None  # None: the teacher's (lean.lineage), else 128
     seed: int = 42
-    split_seed: int = 42
+    split_seed: int | None = None  # None: the teacher's, so the student is scored on the teacher's test split
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     # Loss mix: alpha * T^2 * KL(soft targets) + (1 - alpha) * CE(labels) + hidden * MSE + attention * KL.
@@ -93,7 +93,7 @@ class DistillConfig:
             raise LeanError("--hidden-weight and --attention-weight must be >= 0")
         if self.batch_size < 1 or self.grad_accum < 1:
             raise LeanError("--batch-size and --grad-accum must be at least 1")
-        if not 8 <= self.max_length <= 8192:
+        if self.max_length is not None and not 8 <= self.max_length <= 8192:
             raise LeanError(f"--max-length must be between 8 and 8192, got {self.max_length}")
         if self.save_steps is not None and self.save_steps < 1:
             raise LeanError(f"--save-steps must be at least 1, got {self.save_steps}")
@@ -246,7 +246,17 @@ def same_vocabulary(teacher_tokenizer, student_tokenizer) -> bool:
 
 def run(source: str, config: DistillConfig, out: Path) -> dict[str, Any]:
     """The step: build the student, train it against the teacher, evaluate, save into `out` (rank 0)."""
-    return _train(source, config, out)
+    from lean.lineage import inherit
+    from lean.models import resolve_model
+
+    inherited = inherit(resolve_model(source), {
+        "task": config.task, "split_seed": config.split_seed, "text_column": config.text_column,
+        "label_column": config.label_column, "max_length": config.max_length,
+        "kind": None if config.kind == "auto" else config.kind})
+    config = copy.copy(config)  # the manifest keeps the options as given; "inherited" says what was used
+    config.max_length, config.split_seed = inherited.max_length, inherited.split_seed
+    result = _train(source, config, out, inherited)
+    return {**result, "inherited": inherited.record()} if result else result
 
 
 def fingerprint(config: DistillConfig, teacher_hash: str | None) -> dict[str, Any]:
@@ -287,7 +297,7 @@ def remove_checkpoints(ckpt: Path) -> None:
     shutil.rmtree(ckpt, ignore_errors=True)
 
 
-def _train(source: str, config: DistillConfig, out: Path) -> dict[str, Any]:
+def _train(source: str, config: DistillConfig, out: Path, inherited) -> dict[str, Any]:
     import torch
     from transformers import EarlyStoppingCallback, TrainingArguments, set_seed
     from transformers.trainer_callback import PrinterCallback
@@ -306,7 +316,7 @@ def _train(source: str, config: DistillConfig, out: Path) -> dict[str, Any]:
                         "over the whole vocabulary: drop --cache-teacher")
     ckpt = Path(config.checkpoint_dir).expanduser() if config.checkpoint_dir else out / "_checkpoints"
     resuming = check_checkpoint_dir(ckpt, config, teacher_hash)
-    task = _task(config, teacher_manifest, source)
+    task = _task(inherited, source)
     attn = "eager" if config.attention_weight > 0 else None  # attention maps need the eager implementation
     teacher, tokenizer = _load(source, kind, task, config, attn), load_tokenizer(source, config.trust_remote_code)
     if kind == "classification":
@@ -429,16 +439,10 @@ def _kind(teacher_config, asked: str, source: str) -> str:
     return asked
 
 
-def _task(config: DistillConfig, teacher_manifest: dict, source: str):
-    from lean.data import load_task
-
-    recorded = teacher_manifest.get("task") or {}
-    spec = config.task or recorded.get("spec")
-    if not spec:
+def _task(inherited, source: str):
+    if inherited.task is None:
         raise LeanError(f"teacher '{source}' records no task in its lean.json: pass --task")
-    from_teacher = config.task is None
-    return load_task(spec, config.text_column or (recorded.get("text_column") if from_teacher else None),
-                     config.label_column or (recorded.get("label_column") if from_teacher else None), config.split_seed)
+    return inherited.load_task()
 
 
 def _load(spec: str, kind: str, task, config: DistillConfig, attn: str | None, **kwargs):

@@ -31,7 +31,7 @@ OPTIMUM_TASKS = {"classification": "text-classification", "lm": "text-generation
 
 @dataclass
 class ExportConfig:
-    task: str | None = None  # None: the task in the source's lean.json, else bbc-news
+    task: str | None = None  # None: the task in the source's lean.json (lean.lineage)
     text_column: str | None = None
     label_column: str | None = None
     opset: int | None = None  # None: optimum's default for the architecture
@@ -50,7 +50,7 @@ class ExportConfig:
     max_perplexity_ratio: float = 1.05  # fp16/int8 gate for causal LMs: test perplexity over PyTorch's
     max_length: int | None = None  # None: the source's training max_length, else 128
     device: str = "auto"  # where the ONNX model is validated: auto, cpu or cuda
-    split_seed: int = 42
+    split_seed: int | None = None  # None: the source's split seed (lean.lineage), else 42
     max_eval_samples: int | None = None  # validate on the first N test texts only (quick runs, tests)
     trust_remote_code: bool = False
 
@@ -134,8 +134,7 @@ def check_exportable(model_type: str, kind: str) -> None:
 
 def run(source: str, config: ExportConfig, out: Path) -> dict[str, Any]:
     """The step: export, optimize, quantize, validate; leaves model.onnx + config + tokenizer in `out`."""
-    from lean.data import load_task
-    from lean.models import environment, load_config, load_model, load_tokenizer, read_manifest
+    from lean.models import environment, load_config, load_model, load_tokenizer
 
     path = check_source(source)
     validate_on = _validation_provider(config)
@@ -145,13 +144,13 @@ def run(source: str, config: ExportConfig, out: Path) -> dict[str, Any]:
     if config.quantize == "int8-static" and kind == "lm":
         raise LeanError("--quantize int8-static supports classifiers; for causal LMs use --quantize int8-dynamic")
 
-    parent = read_manifest(path) if Path(path).is_dir() else {}
-    parent_task = parent.get("task") or {}
-    task_spec = config.task or parent_task.get("spec") or "bbc-news"
-    same_task = task_spec == parent_task.get("spec")
-    task = load_task(task_spec, config.text_column or (parent_task.get("text_column") if same_task else None),
-                     config.label_column or (parent_task.get("label_column") if same_task else None), config.split_seed)
-    max_length = config.max_length or (parent.get("config") or {}).get("max_length") or 128
+    from lean.lineage import inherit
+
+    inherited = inherit(path, {"task": config.task, "split_seed": config.split_seed, "text_column": config.text_column,
+                               "label_column": config.label_column, "max_length": config.max_length},
+                        defaults={"task": "bbc-news"})  # until export validates without a task
+    task_spec, max_length = inherited.task, inherited.max_length
+    task = inherited.load_task()
 
     tokenizer = load_tokenizer(source, config.trust_remote_code)
     if not getattr(tokenizer, "is_fast", False):
@@ -189,6 +188,7 @@ def run(source: str, config: ExportConfig, out: Path) -> dict[str, Any]:
     onnx_files = sorted(p.name for p in out.iterdir() if p.suffix == ".onnx" or p.name.endswith(".onnx_data"))
     return {
         "task": task.describe(),
+        "inherited": inherited.record(),
         "kind": kind,
         "max_length": max_length,
         "onnx": {"optimum_task": OPTIMUM_TASKS[kind], "opset": _opset(out / "model.onnx"), "precision": config.precision,
