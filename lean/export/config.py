@@ -34,7 +34,7 @@ class ExportConfig:
     max_perplexity_ratio: float = 1.05  # fp16/int8 gate for causal LMs: perplexity over PyTorch's
     max_length: int | None = None  # None: the source's training max_length, else 128
     device: str = "auto"  # where the ONNX model is validated: auto, cpu or cuda
-    split_seed: int = 42
+    split_seed: int | None = None  # None: the source's split seed (lean.lineage), else 42
     max_eval_samples: int | None = None  # validate on the first N test texts only (quick runs, tests)
     trust_remote_code: bool = False
 

@@ -48,20 +48,14 @@ def model_kind(hf_config, source: str) -> str:
 
 
 def _load_task(path: str, config: ExportConfig):
-    """The task given or recorded in the source's lean.json (with its columns), else None; and max_length."""
-    from lean.data import load_task
-    from lean.models import read_manifest
+    """The task given or inherited from the source's lean.json (lean.lineage), else None; max_length; the record."""
+    from lean.lineage import inherit
 
-    parent = read_manifest(path) if Path(path).is_dir() else {}
-    parent_task = parent.get("task") or {}
-    spec = config.task or parent_task.get("spec")
-    max_length = config.max_length or (parent.get("config") or {}).get("max_length") or 128
-    if spec is None:
-        return None, max_length
-    same = spec == parent_task.get("spec")
-    task = load_task(spec, config.text_column or (parent_task.get("text_column") if same else None),
-                     config.label_column or (parent_task.get("label_column") if same else None), config.split_seed)
-    return task, max_length
+    inherited = inherit(path if Path(path).is_dir() else None, {
+        "task": config.task, "split_seed": config.split_seed, "text_column": config.text_column,
+        "label_column": config.label_column, "max_length": config.max_length})
+    task = inherited.load_task() if inherited.task is not None else None
+    return task, inherited.max_length, inherited
 
 
 def run(source: str, config: ExportConfig, out: Path) -> dict[str, Any]:
@@ -77,7 +71,7 @@ def run(source: str, config: ExportConfig, out: Path) -> dict[str, Any]:
     backend.check(hf_config.model_type, kind, config)  # before any weights load
     if config.quantize == "int8-static" and kind == "lm":
         raise LeanError("--quantize int8-static supports classifiers; for causal LMs use --quantize int8-dynamic")
-    task, max_length = _load_task(path, config)
+    task, max_length, inherited = _load_task(path, config)
 
     tokenizer = load_tokenizer(source, config.trust_remote_code)
     if not getattr(tokenizer, "is_fast", False):
@@ -115,8 +109,8 @@ def run(source: str, config: ExportConfig, out: Path) -> dict[str, Any]:
     from lean.export.validate import gate
 
     gate(report, config, kind)
-    return _manifest(out, config, kind, task, max_length, exporter, details, quantization, report, validate_on,
-                     environment)
+    return {**_manifest(out, config, kind, task, max_length, exporter, details, quantization, report, validate_on,
+                        environment), "inherited": inherited.record()}
 
 
 def _validate(model, tokenizer, out: Path, provider: str, texts, max_length, config, kind, task) -> dict[str, Any]:
