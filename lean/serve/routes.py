@@ -70,7 +70,14 @@ def add_routes(app, state) -> None:
         if served.batcher is None:
             raise ServeError(422, "wrong_kind", f"model '{name}' is a causal LM: POST /v1/models/{name}/generate")
         check_texts(request.texts, state.config)
-        return {"model": name, "predictions": await served.batcher.predict(request.texts)}
+        try:
+            predictions = await served.batcher.predict(request.texts)
+        except ServeError:
+            raise
+        except Exception as e:  # this request alone failed in the model; the batch's others were answered
+            first = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+            raise ServeError(500, "inference_failed", f"model '{name}' failed on this request: {first}") from None
+        return {"model": name, "predictions": predictions}
 
     @app.post("/v1/models/{name}/generate", summary="Continue a prompt (server-sent events when stream is true)")
     async def generate(name: str, request: GenerateRequest):

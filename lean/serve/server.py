@@ -31,7 +31,12 @@ def serve(config, log_level: str = "info", access_log: bool = False) -> None:
     uvicorn_config = uvicorn.Config(app, host=config.host, port=config.port, log_level=log_level,
                                     access_log=access_log, timeout_graceful_shutdown=config.drain_timeout_s,
                                     lifespan="on")
-    logging.getLogger("lean.serve").setLevel(log_level.upper())
+    logger = logging.getLogger("lean.serve")
+    logger.setLevel(log_level.upper())
+    if not logger.handlers:  # uvicorn configures its own loggers only; model loading should show beside them
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
+        logger.addHandler(handler)
     server = DrainingServer(uvicorn_config)
     server.run()
     if not server.started:
