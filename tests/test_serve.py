@@ -9,10 +9,8 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 

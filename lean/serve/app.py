@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from lean.serve.config import ModelSpec, ServeConfig
-from lean.serve.errors import ServeError, limit_error
+from lean.serve.errors import ServeError
 from lean.serve.metrics import ServeMetrics
 
 log = logging.getLogger("lean.serve")
@@ -137,12 +137,3 @@ def _warm_up(model, config: ServeConfig) -> None:
     else:
         model.generate(["warm up"], max_new_tokens=2)
 
-
-def check_texts(texts: list[str], config: ServeConfig) -> None:
-    if not texts:
-        raise ServeError(422, "invalid_request", "'texts' is empty: send at least one text")
-    if len(texts) > config.max_texts:
-        raise limit_error("max_texts", config.max_texts, len(texts), "number of texts in the request")
-    longest = max(len(t) for t in texts)
-    if longest > config.max_text_chars:
-        raise limit_error("max_text_chars", config.max_text_chars, longest, "characters in one text")

@@ -7,7 +7,7 @@ import json
 import threading
 from typing import Optional
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 from lean.serve.errors import ServeError, limit_error
 
@@ -32,8 +32,6 @@ def add_routes(app, state) -> None:
     from fastapi import Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, Response
-
-    from lean.serve.app import check_texts
 
     @app.exception_handler(ServeError)
     async def serve_error(request: Request, error: ServeError):
@@ -101,6 +99,16 @@ def add_routes(app, state) -> None:
                 raise ServeError(500, "generation_failed", payload["message"])
             if kind == "done":
                 return payload
+
+
+def check_texts(texts: list[str], config) -> None:
+    if not texts:
+        raise ServeError(422, "invalid_request", "'texts' is empty: send at least one text")
+    if len(texts) > config.max_texts:
+        raise limit_error("max_texts", config.max_texts, len(texts), "number of texts in the request")
+    longest = max(len(t) for t in texts)
+    if longest > config.max_text_chars:
+        raise limit_error("max_text_chars", config.max_text_chars, longest, "characters in one text")
 
 
 def _check_generate(request: GenerateRequest, model, config) -> None:
