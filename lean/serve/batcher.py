@@ -90,7 +90,11 @@ class Batcher:
                 continue
             try:
                 results = await loop.run_in_executor(self.executor, self._run_isolated, [p.texts for p in batch])
-            except BaseException as e:  # the executor itself failed (shut down): fail this batch, keep serving
+            except asyncio.CancelledError:
+                for item in batch:
+                    item.future.cancel()
+                raise
+            except Exception as e:  # the executor itself failed (shut down): fail this batch, keep serving
                 results = [e] * len(batch)
             for item, result in zip(batch, results):
                 if item.future.done():  # the client went away
