@@ -416,6 +416,7 @@ def serve(
     threads: Optional[int] = typer.Option(None, help="onnxruntime intra-op threads per model (default: physical cores)."),
     provider: Optional[str] = typer.Option(None, help="onnxruntime execution provider (default: CUDA when present, else CPU)."),
     drain_timeout: float = typer.Option(30.0, help="After SIGTERM, seconds requests in flight may take before they are cut."),
+    ort_spinning: bool = typer.Option(False, "--ort-spinning", help="Let onnxruntime's idle threads spin between calls (off: they leave the CPU to the server)."),
     access_log: bool = typer.Option(False, "--access-log", help="Log every request (costs throughput)."),
     triton_repository: Optional[Path] = typer.Option(None, help="Write the models as a Triton Inference Server repository here, then exit."),
     triton_instances: int = typer.Option(1, help="With --triton-repository: ONNX model instances per device."),
@@ -427,7 +428,8 @@ def serve(
     config = ServeConfig(models=list(models), host=host, port=port, max_batch_size=max_batch_size,
                          max_wait_ms=max_wait_ms, max_queue=max_queue, max_texts=max_texts,
                          max_text_chars=max_text_chars, max_body_bytes=max_body_bytes, max_new_tokens=max_new_tokens,
-                         max_length=max_length, threads=threads, provider=provider, drain_timeout_s=drain_timeout)
+                         max_length=max_length, threads=threads, provider=provider, drain_timeout_s=drain_timeout,
+                         ort_spinning=ort_spinning)
     if triton_repository is not None:
         from lean.serve.triton import TritonConfig, write_triton_repository
 

@@ -251,3 +251,16 @@ def test_metrics_are_prometheus_text_with_requests_latency_batches_and_queue(onn
     assert sum(_samples(r.text, "lean_request_duration_seconds_count", route=route, model="bert").values()) == 4
     assert sum(_samples(r.text, "lean_batch_size_sum", model="bert").values()) == 6  # 3 requests of 2 texts
     assert list(_samples(r.text, "lean_queue_depth", model="bert").values()) == [0.0]
+
+
+def test_models_load_once_with_their_threads_and_without_spinning(onnx_bert):
+    from lean.serve import ServeConfig
+    from lean.serve.app import default_loader
+
+    config = ServeConfig(models=[str(onnx_bert)], threads=1)
+    options = default_loader(config.models[0], config).session.get_session_options()
+    assert options.intra_op_num_threads == 1
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    spinning = ServeConfig(models=[str(onnx_bert)], ort_spinning=True)
+    options = default_loader(spinning.models[0], spinning).session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "1"

@@ -68,7 +68,8 @@ class ServerState:
 def default_loader(spec: ModelSpec, config: ServeConfig):
     from lean.runtime import load
 
-    return load(spec.path, provider=config.provider, threads=config.threads)
+    spinning = {"session.intra_op.allow_spinning": "1" if config.ort_spinning else "0"}
+    return load(spec.path, provider=config.provider, threads=config.threads, session_config=spinning)
 
 
 def build_app(config: ServeConfig, loader: Callable[[ModelSpec, ServeConfig], Any] = default_loader):

@@ -55,6 +55,9 @@ class ServeConfig:
     max_length: int | None = None  # tokens per text; default: the export's max_length
     threads: int | None = None  # onnxruntime intra-op threads per model, set once at load; default physical cores
     provider: str | None = None  # onnxruntime execution provider; default CUDA when present, else CPU
+    # onnxruntime's idle threads spin between calls by default; in a server that CPU is what the event
+    # loop needs to parse the next requests, so spinning is off unless asked for
+    ort_spinning: bool = False
     length_buckets: tuple[int, ...] = (16, 32, 64, 128, 256, 512)  # texts in one batch are padded per bucket
     drain_timeout_s: float = 30.0  # after SIGTERM, how long requests in flight may take before they are cut
     retry_after_s: int = 1  # the Retry-After a 429 or a not-yet-ready 503 carries
