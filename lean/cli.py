@@ -422,6 +422,52 @@ def bench(
     typer.echo(f"wrote {out}/results.json, results.csv, report.md, pareto.png")
 
 
+# ---- serve ----------------------------------------------------------------------------------
+
+@app.command()
+def serve(
+    models: List[str] = typer.Argument(..., help="Exported ONNX directories, each DIR (named after it) or NAME=DIR."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0 for every interface)."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+    max_batch_size: int = typer.Option(32, help="Texts per onnxruntime call (1 turns batching off)."),
+    max_wait_ms: float = typer.Option(5.0, help="How long a queued text waits for others before its batch runs."),
+    max_queue: int = typer.Option(256, help="Texts waiting per model; more get 429 with Retry-After."),
+    max_texts: int = typer.Option(64, help="Texts in one request (422 beyond)."),
+    max_text_chars: int = typer.Option(20_000, help="Characters in one text or prompt (422 beyond)."),
+    max_body_bytes: int = typer.Option(1_048_576, help="Request body size (413 beyond)."),
+    max_new_tokens: int = typer.Option(256, help="Causal LMs: the most tokens one generate request may ask for."),
+    max_length: Optional[int] = typer.Option(None, help="Tokens per text (default: the export's max_length)."),
+    threads: Optional[int] = typer.Option(None, help="onnxruntime intra-op threads per model (default: physical cores)."),
+    provider: Optional[str] = typer.Option(None, help="onnxruntime execution provider (default: CUDA when present, else CPU)."),
+    drain_timeout: float = typer.Option(30.0, help="After SIGTERM, seconds requests in flight may take before they are cut."),
+    ort_spinning: bool = typer.Option(False, "--ort-spinning", help="Let onnxruntime's idle threads spin between calls (off: they leave the CPU to the server)."),
+    access_log: bool = typer.Option(False, "--access-log", help="Log every request (costs throughput)."),
+    triton_repository: Optional[Path] = typer.Option(None, help="Write the models as a Triton Inference Server repository here, then exit."),
+    triton_instances: int = typer.Option(1, help="With --triton-repository: ONNX model instances per device."),
+    triton_kind: str = typer.Option("KIND_CPU", help="With --triton-repository: KIND_CPU or KIND_GPU."),
+):
+    """Serve exported models over HTTP with dynamic batching (no torch), or write a Triton repository."""
+    from lean.serve.config import ServeConfig
+
+    config = ServeConfig(models=list(models), host=host, port=port, max_batch_size=max_batch_size,
+                         max_wait_ms=max_wait_ms, max_queue=max_queue, max_texts=max_texts,
+                         max_text_chars=max_text_chars, max_body_bytes=max_body_bytes, max_new_tokens=max_new_tokens,
+                         max_length=max_length, threads=threads, provider=provider, drain_timeout_s=drain_timeout,
+                         ort_spinning=ort_spinning)
+    if triton_repository is not None:
+        from lean.serve.triton import TritonConfig, write_triton_repository
+
+        for spec in config.models:
+            out = write_triton_repository(spec.path, triton_repository, TritonConfig(
+                name=spec.name, max_batch_size=max_batch_size, max_queue_delay_us=int(max_wait_ms * 1000),
+                instances=triton_instances, kind=triton_kind, threads=threads))
+            typer.echo(f"wrote {out} (+ {spec.name}_tokenizer, {spec.name}_onnx)")
+        return
+    from lean.serve.server import serve as run_server
+
+    run_server(config, access_log=access_log)
+
+
 def _click_exceptions():
     try:
         from typer._click import exceptions  # typer vendors click from 0.2x on

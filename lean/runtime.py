@@ -69,15 +69,18 @@ def cuda_available() -> bool:
     return cuda.cuInit(0) == 0 and cuda.cuDeviceGetCount(ctypes.byref(count)) == 0 and count.value > 0
 
 
-def load(path: str | os.PathLike, provider: str | None = None, threads: int | None = None) -> "OnnxModel":
-    """Load an exported directory (model.onnx + tokenizer.json + config.json)."""
-    return OnnxModel(path, provider=provider, threads=threads)
+def load(path: str | os.PathLike, provider: str | None = None, threads: int | None = None,
+         session_config: dict[str, str] | None = None) -> "OnnxModel":
+    """Load an exported directory (model.onnx + tokenizer.json + config.json); `session_config` holds
+    onnxruntime session config entries (e.g. {"session.intra_op.allow_spinning": "0"})."""
+    return OnnxModel(path, provider=provider, threads=threads, session_config=session_config)
 
 
 class OnnxModel:
     """An ONNX classifier or causal LM with its tokenizer; `kind` is "classification" or "lm"."""
 
-    def __init__(self, path: str | os.PathLike, provider: str | None = None, threads: int | None = None):
+    def __init__(self, path: str | os.PathLike, provider: str | None = None, threads: int | None = None,
+                 session_config: dict[str, str] | None = None):
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
@@ -107,6 +110,8 @@ class OnnxModel:
         options.inter_op_num_threads = 1  # one request at a time: parallelism lives inside each op
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.log_severity_level = 3  # errors only: keep `lean predict` output clean
+        for key, value in (session_config or {}).items():
+            options.add_session_config_entry(key, str(value))
         providers = [self.provider] + (["CPUExecutionProvider"] if self.provider != "CPUExecutionProvider" else [])
         try:
             self.session = ort.InferenceSession(str(file), sess_options=options, providers=providers)
