@@ -40,17 +40,17 @@ class BenchMeasure:
     target: Target
     runs_dir: Path  # the harness's build cache
     output: Path  # RUN/bench: one run directory per measurement
-    timeout_s: float = 900.0  # per variant's measuring subprocess
-    warmup: int = 3
-    repeats: int = 20
-    max_cell_s: float = 6.0  # stop timing a cell after this many seconds of calls (at least min_repeats)
+    measure: dict[str, Any] = dataclasses.field(default_factory=dict)  # the space's measure options
+
+    # for one cell: 3 warm-up calls, then 20 timed ones, or fewer once they add up to 6 s (but at least 5)
+    DEFAULTS = {"warmup": 3, "repeats": 20, "min_repeats": 5, "max_cell_s": 6.0, "timeout_s": 900.0,
+                # one variant is timed per suite: there is nothing to interleave it with
+                "interleave": False, "generation": False}
 
     def suite_data(self, candidate: Candidate, mode: str) -> dict[str, Any]:
         """The suite (as its YAML would read) that measures `candidate`."""
-        measure = {"batch_sizes": [self.target.batch_size], "seq_lengths": [self.target.seq_length],
-                   "warmup": self.warmup, "repeats": self.repeats, "min_repeats": min(5, self.repeats),
-                   "max_cell_s": self.max_cell_s, "threads": self.target.threads, "timeout_s": self.timeout_s,
-                   "generation": False, "split": "validation"}
+        measure = {**self.DEFAULTS, **self.measure, "batch_sizes": [self.target.batch_size],
+                   "seq_lengths": [self.target.seq_length], "threads": self.target.threads, "split": "validation"}
         variant = {"steps": candidate.chain(), "load": dict(candidate.load), "requires": list(candidate.requires)}
         variants = {VALIDATION: variant}
         if mode == "probe":
@@ -63,7 +63,7 @@ class BenchMeasure:
                 "baseline": VALIDATION, "measure": measure, "variants": variants}
 
     def _run_dir(self, candidate: Candidate, mode: str) -> Path:
-        safe = "".join(c if c.isalnum() or c in "-_.+" else "_" for c in candidate.name)
+        safe = "".join(c if c.isalnum() or c in "-_.+" else "_" for c in candidate.name.removesuffix("@probe"))
         existing = len(list(self.output.glob("*"))) if self.output.is_dir() else 0
         return self.output / f"{existing + 1:03d}-{safe}{'-probe' if mode == 'probe' else ''}"
 

@@ -117,7 +117,7 @@ def optimize(config: OptimizeConfig, measure: MeasureFn | None = None,
 
             load_task(task["spec"], task["text_column"], task["label_column"], task["split_seed"])  # bad task: now
             measure = BenchMeasure(task=task, base=base, teacher=teacher, target=config.target,
-                                   runs_dir=Path(settings["runs_dir"]), output=out / "bench")
+                                   runs_dir=Path(settings["runs_dir"]), output=out / "bench", measure=space.measure)
         reference = Candidate("teacher", "teacher", "reference", [], dict(space.reference.load), [], 0.0)
         search = Search(space.candidates(), reference, measure, config.budget, config.objective,
                         TrialStore(out / "trials.jsonl"), config.time_budget, config.max_trials, log,

@@ -25,8 +25,10 @@ from typing import Any
 from lean.errors import LeanError
 
 SPACES_DIR = Path(__file__).with_name("spaces")
-SPACE_KEYS = {"name", "description", "extends", "device", "finetune", "reference", "probe", "costs", "students",
-              "runtimes"}
+SPACE_KEYS = {"name", "description", "extends", "device", "finetune", "reference", "probe", "costs", "measure",
+              "students", "runtimes"}
+# measure keys a space may set (docs/bench.md); the target sets the cell and threads, the search the split
+TARGET_MEASURE_KEYS = {"batch_sizes", "seq_lengths", "threads", "split", "quality", "latency"}
 ENTRY_KEYS = {"steps", "load", "requires", "description"}
 TEACHER = "teacher"
 # a step not named in the space's costs: cheap (a quantization or an export takes seconds to a minute)
@@ -74,6 +76,7 @@ class Space:
     reference: Entry  # the teacher as measured (no steps)
     probe: dict[str, Any]  # distill options overlaid for an untrained-student probe
     costs: dict[str, float]
+    measure: dict[str, Any]  # the harness's measure options for every measurement (warmup, repeats, ...)
     students: dict[str, Entry]
     runtimes: dict[str, Entry]
     file: str | None = None
@@ -98,8 +101,8 @@ class Space:
     def _probe(self, steps: list) -> list | None:
         from lean.bench.suite import Step
 
-        if not any(s.name == "distill" for s in steps):
-            return None
+        if not self.probe or not any(s.name == "distill" for s in steps):
+            return None  # without probe options a "probe" would be the full distillation
         return [Step(s.name, {**s.options, **self.probe}) if s.name == "distill" else s for s in steps]
 
     def to_dict(self) -> dict[str, Any]:
@@ -108,7 +111,7 @@ class Space:
                     "description": e.description}
 
         return {"name": self.name, "file": self.file, "device": self.device, "finetune": self.finetune,
-                "reference": entry(self.reference), "probe": self.probe, "costs": self.costs,
+                "reference": entry(self.reference), "probe": self.probe, "costs": self.costs, "measure": self.measure,
                 "students": {n: entry(e) for n, e in self.students.items()},
                 "runtimes": {n: entry(e) for n, e in self.runtimes.items()}}
 
@@ -186,6 +189,14 @@ def _read_yaml(path: Path) -> Any:
         raise LeanError(f"space '{path}' is not valid YAML{at}: {getattr(e, 'problem', None) or type(e).__name__}") from None
 
 
+def _measure_keys() -> set[str]:
+    import dataclasses
+
+    from lean.bench.suite import MeasureConfig
+
+    return {f.name for f in dataclasses.fields(MeasureConfig)} - TARGET_MEASURE_KEYS
+
+
 def builtin_spaces() -> list[str]:
     return sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
 
@@ -221,6 +232,7 @@ def parse_space(data: Any, file: str | None = None, device: str = "cpu") -> Spac
     if space_device != device:
         raise LeanError(f"{where} is a space for --device {space_device}, not {device}: pass --device {space_device} "
                         "or a space for this device")
+    measure = _mapping(f"{where} measure", data.get("measure"), _measure_keys())
     probe = _mapping(f"{where} probe", data.get("probe"))
     if probe:  # the probe's options overlay a student's distill options: they must be distill options
         from lean.bench.suite import Step
@@ -229,6 +241,7 @@ def parse_space(data: Any, file: str | None = None, device: str = "cpu") -> Spac
     finetune = _mapping(f"{where} finetune", data.get("finetune"))
     return Space(name=str(data.get("name") or (Path(file).stem if file else "space")), device=space_device,
                  finetune=finetune, reference=reference, probe=probe, costs={k: float(v) for k, v in costs.items()},
+                 measure=measure,
                  students=students, runtimes=runtimes, file=file)
 
 
