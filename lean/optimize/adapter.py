@@ -72,9 +72,9 @@ class BenchMeasure:
 
         from lean.bench import BenchOptions, parse_suite, run_bench
 
-        if not split_supported():
-            raise LeanError("this lean.bench cannot score the validation split (suite key measure.split): "
-                            "lean optimize chooses on validation only; update lean")
+        if not split_supported():  # (optimize checks this before the run; here for direct callers)
+            raise LeanError("this lean.bench cannot score the validation split (suite key measure.split), and lean "
+                            "optimize chooses on validation only: update lean")
         suite = parse_suite(self.suite_data(candidate, mode), f"optimize:{candidate.name}")
         out = self._run_dir(candidate, mode)
         out.mkdir(parents=True, exist_ok=True)

@@ -109,13 +109,20 @@ def optimize(config: OptimizeConfig, measure: MeasureFn | None = None,
                 "budget": dataclasses.asdict(config.budget), "objective": config.objective,
                 "time_budget_s": config.time_budget, "max_trials": config.max_trials,
                 "runs_dir": str(Path(config.runs_dir).expanduser().resolve())}
+    if measure is None:  # a bad task, or a harness that cannot score validation: an error before any work
+        from lean.data import load_task
+        from lean.optimize.adapter import split_supported
+
+        if not split_supported():
+            raise LeanError("this lean.bench cannot score the validation split (suite key measure.split), and lean "
+                            "optimize chooses on validation only: update lean")
+        load_task(task["spec"], task["text_column"], task["label_column"], task["split_seed"])
+    Path(config.output).expanduser().parent.mkdir(parents=True, exist_ok=True)
     with output_lock(config.output, "lean optimize run"):
         out = prepare_output(config, settings)
         if measure is None:
-            from lean.data import load_task
             from lean.optimize.adapter import BenchMeasure
 
-            load_task(task["spec"], task["text_column"], task["label_column"], task["split_seed"])  # bad task: now
             measure = BenchMeasure(task=task, base=base, teacher=teacher, target=config.target,
                                    runs_dir=Path(settings["runs_dir"]), output=out / "bench", measure=space.measure)
         reference = Candidate("teacher", "teacher", "reference", [], dict(space.reference.load), [], 0.0)
