@@ -87,7 +87,7 @@ def teacher(tmp_path) -> Path:
     path = tmp_path / "teacher"
     path.mkdir()
     (path / "lean.json").write_text(json.dumps({"step": "finetune", "task": {"spec": "bbc-news", "split_seed": 42}}))
-    (path / "config.json").write_text("{}")
+    (path / "config.json").write_text('{"num_hidden_layers": 4}')
     return path
 
 
@@ -302,3 +302,36 @@ def test_overwrite_replaces_only_an_optimize_run(teacher, space_file, tmp_path):
     second = FakeMeasure(TABLE, tmp_path)
     run(teacher, space_file, tmp_path / "out", second, overwrite=True)
     assert "teacher" in second.full()  # measured afresh
+
+
+def test_students_no_shallower_than_the_teacher_are_skipped(teacher, tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_text(SPACE.replace("l1: {steps: [{distill: {student_layers: 1}}]}",
+                                  "l4: {steps: [{distill: {student_layers: 4}}]}"))
+    measure = FakeMeasure({**TABLE, **{n.replace("l1", "l4"): v for n, v in TABLE.items() if n.startswith("l1")}}, tmp_path)
+    run(teacher, path, tmp_path / "out", measure)
+    trials = {t["name"]: t for t in json.loads((tmp_path / "out" / "trials.json").read_text())}
+    assert {n for n, t in trials.items() if t["status"] == "skipped"} == {"l4+torch", "l4+int8", "l4+onnx"}
+    assert "4-layer student of a 4-layer teacher" in trials["l4+onnx"]["reason"]
+    assert not any(n.startswith("l4") for n, _ in measure.calls)
+
+
+def test_cli_builds_the_config_and_prints_the_verdict(monkeypatch, tmp_path, teacher):
+    import lean.optimize.run as run_module
+
+    seen = {}
+
+    def fake(config, log=print):
+        seen["config"] = config
+        return {"chosen": "l2+onnx", "met_budget": True, "speedup": 2.5, "test_loss": 0.9}
+
+    monkeypatch.setattr(run_module, "optimize", fake)
+    result = invoke("optimize", str(teacher), "-o", str(tmp_path / "out"), "--max-drop", "0.5", "--relative",
+                    "--device", "cpu", "--batch-size", "8", "--seq-length", "256", "--threads", "2",
+                    "--objective", "throughput", "--time-budget", "1h", "--max-trials", "7")
+    assert result.returncode == 0, result.stderr
+    config = seen["config"]
+    assert (config.budget.max_drop, config.budget.relative, config.objective, config.time_budget, config.max_trials) == \
+        (0.5, True, "throughput", 3600, 7)
+    assert (config.target.batch_size, config.target.seq_length, config.target.threads) == (8, 256, 2)
+    assert "chosen: l2+onnx (speedup 2.5x" in result.stdout

@@ -78,9 +78,28 @@ def prepare_output(config: OptimizeConfig, settings: dict[str, Any]) -> Path:
     return out
 
 
-def availability(device: str) -> Callable[[Candidate], str | None]:
-    """Why a candidate cannot run here (a package it requires is missing, or it needs CUDA), or None."""
+def teacher_layers(model: str) -> int | None:
+    """The teacher's (or base model's) layer count from its config.json, when it is a local directory."""
+    import json
+
+    from lean.models import resolve_model
+
+    config = Path(resolve_model(model)) / "config.json"
+    if not config.is_file():
+        return None
+    values = json.loads(config.read_text())
+    layers = values.get("num_hidden_layers") or values.get("n_layer")
+    return layers if isinstance(layers, int) else None
+
+
+def availability(device: str, layers: int | None = None) -> Callable[[Candidate], str | None]:
+    """Why a candidate cannot run here (a package it requires is missing, it needs CUDA, or its student
+    is no shallower than the teacher), or None."""
     def reason(candidate: Candidate) -> str | None:
+        for step in candidate.steps:
+            depth = step.options.get("student_layers") if step.name == "distill" else None
+            if layers is not None and isinstance(depth, int) and depth >= layers:
+                return f"a {depth}-layer student of a {layers}-layer teacher is no smaller"
         for need in candidate.requires:
             if need == "cuda":
                 if device != "cuda":
@@ -128,7 +147,7 @@ def optimize(config: OptimizeConfig, measure: MeasureFn | None = None,
         reference = Candidate("teacher", "teacher", "reference", [], dict(space.reference.load), [], 0.0)
         search = Search(space.candidates(), reference, measure, config.budget, config.objective,
                         TrialStore(out / "trials.jsonl"), config.time_budget, config.max_trials, log,
-                        availability(config.target.device))
+                        availability(config.target.device, teacher_layers(base)))
         outcome = search.run()
         shown = {k: settings[k] for k in ("budget", "objective", "target")}
         data = write_outputs(outcome, config.budget, config.objective, shown, out)
