@@ -70,7 +70,10 @@ def to_markdown(outcome: Outcome, data: dict[str, Any], budget: Budget) -> str:
         lines += [f"**No candidate met the budget** ({budget.describe()}) on the validation split. The closest one, "
                   f"`{chosen.name}` (validation {_loss(chosen.loss, budget)}), is kept in `best/` anyway: "
                   "check it before deploying it, or widen the budget.", ""]
-    lines += [f"Stopped because {outcome.stop_reason}. Settings: {data['settings']}.", ""]
+    target = data["settings"]["target"]
+    lines += [f"Stopped because {outcome.stop_reason}. Objective: {data['objective']}, measured on {target['device']} "
+              f"at batch {target['batch_size']} x {target['seq_length']} tokens, "
+              f"{target['threads'] or 'one per physical core'} threads.", ""]
     if chosen is not None:
         lines += ["| | teacher | chosen |", "| --- | --- | --- |",
                   f"| validation {metric} | {_fmt(ref.validation.get(metric))} | {_fmt(chosen.validation.get(metric))} |",
@@ -82,14 +85,15 @@ def to_markdown(outcome: Outcome, data: dict[str, Any], budget: Budget) -> str:
     lines += ["## Every trial", "",
               "Validation figures decide; test figures are reported only. A probe is the chain with an untrained "
               "student (latency, memory and size only). Pruned: not built (reason given).", "",
-              f"| trial | kind | status | val {metric} | val loss | test {metric} | latency ms | throughput /s | "
-              "memory MB | weights MiB | build s | note |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+              f"| trial | kind | status | val {metric} | val loss | test {metric} | test loss | latency ms | "
+              "throughput /s | memory MB | weights MiB | build s | note |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for t in [ref, *outcome.trials]:
         mark = " **(chosen)**" if chosen is not None and t is chosen else ""
         note = t.reason or (t.error or "")[:120] + (" (resumed)" if t.resumed else "")
         lines.append(f"| {t.name}{mark} | {t.kind} | {t.status} | {_fmt(t.validation.get(metric))} | "
                      f"{_loss(t.loss, budget) if t.kind == 'candidate' else '-'} | {_fmt(t.test.get(metric))} | "
+                     f"{_loss(t.test_loss, budget) if t.kind == 'candidate' else '-'} | "
                      f"{_fmt(t.latency_ms)} | {_fmt(t.throughput_sps)} | {_fmt(t.peak_memory_mb)} | "
                      f"{_mib(t.weights_bytes)} | {_fmt(t.build_s)} | {note.replace('|', '/')} |")
     lines += ["", "Chains (steps from the teacher) are in trials.json; each measurement's `lean bench` run is "
