@@ -335,3 +335,15 @@ def test_cli_builds_the_config_and_prints_the_verdict(monkeypatch, tmp_path, tea
         (0.5, True, "throughput", 3600, 7)
     assert (config.target.batch_size, config.target.seq_length, config.target.threads) == (8, 256, 2)
     assert "chosen: l2+onnx (speedup 2.5x" in result.stdout
+
+
+def test_overwrite_never_removes_the_input_model(space_file, tmp_path):
+    run_dir = tmp_path / "out"
+    teacher_inside = run_dir / "best"
+    teacher_inside.mkdir(parents=True)
+    (teacher_inside / "lean.json").write_text(json.dumps({"step": "finetune", "task": {"spec": "bbc-news"}}))
+    (teacher_inside / "config.json").write_text("{}")
+    (run_dir / "run.json").write_text("{}")
+    with pytest.raises(LeanError, match="holds the input model"):
+        run(teacher_inside, space_file, run_dir, FakeMeasure(TABLE, tmp_path), overwrite=True)
+    assert (teacher_inside / "config.json").is_file()

@@ -48,6 +48,14 @@ def resolve_teacher(config: OptimizeConfig, space: Space) -> tuple[str, list[dic
     return config.model, [{"finetune": dict(space.finetune)}], task
 
 
+def _check_replaceable(out: Path, model: str) -> None:
+    """--overwrite never removes the working directory or the input model, nor a directory holding either."""
+    target = out.resolve()
+    for what, path in (("the working directory", Path.cwd()), ("the input model", Path(model).expanduser())):
+        if path.exists() and (path.resolve() == target or target in path.resolve().parents):
+            raise LeanError(f"--overwrite would remove '{out}', which holds {what}: choose another -o")
+
+
 def prepare_output(config: OptimizeConfig, settings: dict[str, Any]) -> Path:
     """The run directory: new, resumed (--resume: same teacher, space and target), or replaced (--overwrite,
     only when it holds an earlier `lean optimize` run)."""
@@ -61,6 +69,7 @@ def prepare_output(config: OptimizeConfig, settings: dict[str, Any]) -> Path:
         if not earlier.is_file():
             raise LeanError(f"output directory '{out}' exists and holds no `lean optimize` run: choose another -o")
         if config.overwrite:
+            _check_replaceable(out, config.model)
             shutil.rmtree(out)
         elif not config.resume:
             raise LeanError(f"'{out}' holds an earlier `lean optimize` run: pass --resume to continue it "
