@@ -347,3 +347,27 @@ def test_overwrite_never_removes_the_input_model(space_file, tmp_path):
     with pytest.raises(LeanError, match="holds the input model"):
         run(teacher_inside, space_file, run_dir, FakeMeasure(TABLE, tmp_path), overwrite=True)
     assert (teacher_inside / "config.json").is_file()
+
+
+def test_budget_losses_in_points_percent_and_perplexity_ratio():
+    teacher = {"accuracy": 0.80, "perplexity": 20.0}
+    candidate = {"accuracy": 0.79, "perplexity": 21.0}
+    assert Budget(max_drop=1).loss(teacher, candidate) == pytest.approx(1.0)  # points
+    assert Budget(max_drop=1, relative=True).loss(teacher, candidate) == pytest.approx(1.25)  # percent of 0.80
+    assert Budget(max_ppl_ratio=1.04).loss(teacher, candidate) == pytest.approx(1.05)
+    assert Budget(max_ppl_ratio=1.04).loss(teacher, {"accuracy": 0.9}) is None  # no perplexity: not judged
+
+
+def test_a_causal_lm_is_judged_by_its_perplexity_ratio(teacher, space_file, tmp_path):
+    class Perplexity(FakeMeasure):
+        def __call__(self, candidate, mode):
+            figures = super().__call__(candidate, mode)
+            if mode == "full":  # perplexity 10 / accuracy: the teacher 11.1, teacher+int8 11.17 (x1.006)...
+                figures.validation = {"perplexity": 10 / figures.validation["accuracy"]}
+                figures.test = {"perplexity": 10 / figures.test["accuracy"]}
+            return figures
+
+    summary, lines = run(teacher, space_file, tmp_path / "out", Perplexity(TABLE, tmp_path),
+                         budget=Budget(max_ppl_ratio=1.01))
+    assert summary["chosen"] == "l2+onnx" and summary["validation_loss"] == pytest.approx(0.9 / 0.892, rel=1e-6)
+    assert summary["accuracy_drop"] is None and "perplexity x1.009" in " ".join(lines)
