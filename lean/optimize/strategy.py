@@ -162,6 +162,8 @@ class Search:
             if probe.status == "ok" and cost is not None and cost >= bound + abs(bound) * PRUNE_MARGIN:
                 return self._skip(candidate, "pruned", f"its untrained probe ({self._value(probe)}) cannot beat "
                                                        f"{best.name} ({self._value(best)})")
+            if self.deadline is not None and self.clock() >= self.deadline:  # no distillation past the budget
+                return self._skip(candidate, "skipped", "the time budget ran out after its probe")
         return self._run(candidate, "full", "candidate")
 
     # ---- the run -----------------------------------------------------------------------------------
