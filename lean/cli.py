@@ -468,6 +468,55 @@ def serve(
     run_server(config, access_log=access_log)
 
 
+# ---- optimize -------------------------------------------------------------------------------
+
+@app.command()
+def optimize(
+    model: str = typer.Argument(..., help="A teacher directory made by lean (its lean.json records the task), or a base model fine-tuned first on --task."),
+    output: Path = typer.Option(..., "--output", "-o", help="Run directory: every trial, report.md, pareto.png, best/."),
+    task: Optional[str] = typer.Option(None, help="Task (as in lean finetune): fine-tunes a base model first; default: the teacher's own task."),
+    text_column: Optional[str] = typer.Option(None, help="Text column of a file or dataset task."),
+    label_column: Optional[str] = typer.Option(None, help="Label column of a file or dataset task."),
+    split_seed: int = typer.Option(42, help="Seed of the train/validation/test split (a teacher's recorded seed wins)."),
+    max_drop: Optional[float] = typer.Option(None, help="Budget: accuracy points a candidate may lose against the teacher, on validation."),
+    relative: bool = typer.Option(False, "--relative", help="--max-drop is a percentage of the teacher's accuracy."),
+    max_ppl_ratio: Optional[float] = typer.Option(None, help="Budget for causal LMs: perplexity at most this times the teacher's."),
+    device: str = typer.Option("auto", help="Deployment target: auto, cpu or cuda (chooses the built-in space)."),
+    batch_size: int = typer.Option(1, help="Batch size at which latency is measured."),
+    seq_length: int = typer.Option(128, help="Tokens per text at which latency is measured."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads (default: the physical cores)."),
+    objective: str = typer.Option("latency", help="latency, throughput, memory (peak) or size (weights)."),
+    time_budget: Optional[str] = typer.Option(None, help="Stop starting new trials after this long, e.g. 30m, 1h, 90s."),
+    max_trials: Optional[int] = typer.Option(None, help="Stop after this many candidates measured in full."),
+    space: Optional[Path] = typer.Option(None, help="Search space YAML (default: the built-in one of the device; see docs/optimize.md)."),
+    runs_dir: Path = typer.Option(Path("runs/cache"), help="Build cache shared with lean bench: nothing is built twice."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --output, reusing its finished trials."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier lean optimize run in --output."),
+):
+    """Find the fastest (or smallest) model within an accuracy budget; best/ is ready for lean predict."""
+    from lean.optimize import Budget, OptimizeConfig, Target, optimize as run_optimize
+
+    config = OptimizeConfig(model=model, output=str(output), task=task, text_column=text_column,
+                            label_column=label_column, split_seed=split_seed,
+                            budget=Budget(max_drop=max_drop, relative=relative, max_ppl_ratio=max_ppl_ratio),
+                            target=Target(device=device, batch_size=batch_size, seq_length=seq_length, threads=threads),
+                            objective=objective, time_budget=time_budget, max_trials=max_trials,
+                            space=str(space) if space else None, runs_dir=str(runs_dir), resume=resume,
+                            overwrite=overwrite)
+    summary = run_optimize(config, log=lambda line: typer.echo(line, err=True))
+    chosen = summary.get("chosen")
+    if chosen is None:
+        typer.echo("nothing could be measured: see the report", err=True)
+    elif summary["met_budget"]:
+        typer.echo(f"chosen: {chosen} (speedup {summary.get('speedup')}x over the teacher, "
+                   f"test loss {summary.get('test_loss')}); ready in {output}/best")
+    else:
+        typer.echo(f"no candidate met the budget; the closest, {chosen}, is in {output}/best")
+    typer.echo(f"wrote {output}/report.md, summary.json, trials.json, pareto.png")
+    if summary.get("interrupted"):
+        raise typer.Exit(130)
+
+
 def _click_exceptions():
     try:
         from typer._click import exceptions  # typer vendors click from 0.2x on

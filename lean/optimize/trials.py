@@ -1,0 +1,94 @@
+"""Trials: what one measurement of a candidate found, and the run's store of them (trials.jsonl).
+
+Each finished trial is appended to RUN/trials.jsonl at once and flushed, so Ctrl-C, a crash or a kill
+keeps every finished trial, and `lean optimize --resume` reads them back instead of measuring again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lean.errors import LeanError
+
+MEASURED = ("ok", "failed", "timeout", "oom")  # a measurement that happened: never repeated on resume
+KINDS = ("reference", "candidate", "probe")
+
+
+@dataclass
+class Figures:
+    """What the measure function returns for one chain (lean.optimize.adapter measures through lean bench)."""
+
+    status: str = "ok"  # ok | failed | timeout | oom | skipped
+    error: str | None = None
+    validation: dict[str, Any] = field(default_factory=dict)  # {accuracy, macro_f1, n} or {perplexity}
+    test: dict[str, Any] = field(default_factory=dict)
+    latency_ms: float | None = None  # median at the target's batch size and sequence length
+    throughput_sps: float | None = None
+    peak_memory_mb: float | None = None
+    weights_bytes: int | None = None
+    build_s: float = 0.0  # building the chain's steps (0 when every step came from the cache)
+    steps_built: int = 0
+    model_dir: str | None = None
+
+
+@dataclass
+class Trial(Figures):
+    name: str = ""
+    kind: str = "candidate"  # reference | candidate | probe
+    key: str = ""  # Candidate.key(): what was measured
+    chain: list[dict[str, Any]] = field(default_factory=list)
+    load: dict[str, Any] = field(default_factory=dict)
+    reason: str | None = None  # why a candidate was pruned or skipped
+    loss: float | None = None  # validation loss against the teacher, in the budget's unit
+    test_loss: float | None = None  # the same on test: reported, never used to choose
+    passed: bool | None = None  # within the budget on validation
+    wall_s: float = 0.0
+    resumed: bool = False  # read back from an earlier run of the same directory
+
+    @classmethod
+    def of(cls, figures: Figures, **values) -> "Trial":
+        return cls(**dataclasses.asdict(figures), **values)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out.pop("resumed")
+        return out
+
+
+class TrialStore:
+    """The trials of a run directory, appended as they finish; the latest line of a (kind, key) wins."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.trials: list[Trial] = []
+        known = {f.name for f in dataclasses.fields(Trial)}
+        if path.is_file():
+            for number, line in enumerate(path.read_text().splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    values = json.loads(line)
+                except json.JSONDecodeError:  # the last line of a run killed while writing it
+                    continue
+                if not isinstance(values, dict) or values.get("kind") not in KINDS:
+                    raise LeanError(f"{path} line {number} is no trial: this is not a `lean optimize` run directory")
+                self.trials.append(Trial(**{k: v for k, v in values.items() if k in known}, resumed=True))
+
+    def measured(self, kind: str, key: str) -> Trial | None:
+        """The latest finished measurement of this chain, or None."""
+        for trial in reversed(self.trials):
+            if trial.kind == kind and trial.key == key and trial.status in MEASURED:
+                return trial
+        return None
+
+    def add(self, trial: Trial) -> Trial:
+        self.trials.append(trial)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as f:
+            f.write(json.dumps(trial.to_dict(), default=str) + "\n")
+            f.flush()
+        return trial
