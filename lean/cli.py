@@ -400,6 +400,9 @@ def bench(
 
 def main() -> None:
     """Entry point: bad input is one line on stderr and exit 2, never a traceback."""
+    from lean.compat import quiet_library_progress_bars
+
+    quiet_library_progress_bars()
     try:
         app()
     except LeanError as e:

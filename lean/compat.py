@@ -75,3 +75,12 @@ def safetensors_checkpoint_kwargs() -> dict:
     """TrainingArguments keywords for checkpoints in safetensors: 5.x always writes them and dropped the
     `save_safetensors` switch that 4.57 needs."""
     return {} if transformers_major() >= 5 else {"save_safetensors": True}
+
+
+def quiet_library_progress_bars() -> None:
+    """Keep transformers' and huggingface_hub's progress bars off stderr, which holds lean's own lines (and
+    its one-line errors). transformers 5 draws one for every model it loads or saves. Must run before
+    transformers is imported: both libraries read the switch then."""
+    import os
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
