@@ -535,6 +535,9 @@ def main() -> None:
 
     The app runs outside click's standalone mode, which would print usage errors as a multi-line box
     and turn Ctrl-C into a silent exit 130 before we could say so."""
+    from lean.compat import quiet_library_progress_bars
+
+    quiet_library_progress_bars()
     click = _click_exceptions()
     try:
         code = app(standalone_mode=False)

@@ -75,3 +75,24 @@ def safetensors_checkpoint_kwargs() -> dict:
     """TrainingArguments keywords for checkpoints in safetensors: 5.x always writes them and dropped the
     `save_safetensors` switch that 4.57 needs."""
     return {} if transformers_major() >= 5 else {"save_safetensors": True}
+
+
+def quiet_library_progress_bars() -> None:
+    """Keep transformers' and huggingface_hub's progress bars off stderr, which holds lean's own lines (and
+    its one-line errors). transformers 5 draws one for every model it loads or saves. Both libraries read
+    the environment switch when imported; where they already are, they are told directly."""
+    import os
+    import sys
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] in ("0", ""):
+        return  # the user asked for the bars
+    # Already imported (lean's CLI run inside a Python session): switch them off directly.
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()

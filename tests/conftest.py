@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers 5 draws one per model loaded or saved
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 

@@ -51,3 +51,19 @@ def test_checkpoints_are_safetensors(tmp_path):
     args = transformers.TrainingArguments(output_dir=str(tmp_path), report_to=[],
                                           **compat.safetensors_checkpoint_kwargs())
     assert getattr(args, "save_safetensors", True) is True
+
+
+def test_cli_keeps_library_progress_bars_off_stderr(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    config = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=32)
+    transformers.BertModel(config).save_pretrained(tmp_path / "headless")
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_PROGRESS_BARS"}
+    # A base model without a classification head: lean loads it, then refuses in one line.
+    result = subprocess.run([sys.executable, "-m", "lean.cli", "distill", "--teacher", str(tmp_path / "headless"),
+                             "-o", str(tmp_path / "out")], capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
