@@ -97,10 +97,11 @@ async def closed_loop(url: str, texts: list[str], concurrency: int, seconds: flo
 
 
 async def open_loop(url: str, texts: list[str], rate: float, seconds: float, seed: int = 0,
-                    connections: int = 256, on_tick=None) -> Outcome:
+                    connections: int = 4096, on_tick=None) -> Outcome:
     """Poisson arrivals at `rate` per second for `seconds`; latency from each request's due time.
 
-    `on_tick(elapsed_s)` is called about once a second (the soak samples memory there).
+    `on_tick(elapsed_s)` is called about once a second (the soak samples memory there). Connections
+    are not pooled tightly: a request waiting for a free connection would hide the overload from the server.
     """
     rng = random.Random(seed)
     due, t = [], 0.0
