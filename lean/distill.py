@@ -21,7 +21,6 @@ from typing import Any
 from lean import checks
 from lean.distill_checkpoints import (CHECKPOINT_MARKER, check_checkpoint_dir, check_checkpoint_location,  # noqa: F401
                                       fingerprint, last_complete_checkpoint, remove_checkpoints, write_fingerprint)
-from lean.compat import safetensors_checkpoint_kwargs, warmup_kwargs
 from lean.errors import LeanError
 
 # --student-config keys that are sizes: whole numbers >= 1, checked before any work.
@@ -302,14 +301,13 @@ def run(source: str, config: DistillConfig, out: Path) -> dict[str, Any]:
 
 
 def _train(source: str, config: DistillConfig, out: Path, ckpt: Path, inherited) -> dict[str, Any]:
-    import torch
-    from transformers import EarlyStoppingCallback, TrainingArguments, set_seed
+    from transformers import EarlyStoppingCallback, set_seed
     from transformers.trainer_callback import PrinterCallback
 
     from lean.distill_losses import (DistillationTrainer, DistillCollator, DistillProgressCallback, LMTextDataset,
                                      LossWeights, cache_teacher_logits, evaluate_student)
     from lean.metrics import TextDataset
-    from lean.models import environment, load_config, load_tokenizer, manifest_hash, read_manifest, resolve_device, resolve_model
+    from lean.models import load_config, load_tokenizer, manifest_hash, read_manifest, resolve_device, resolve_model
 
     device = resolve_device(config.device)
     teacher_path = resolve_model(source)
@@ -325,16 +323,8 @@ def _train(source: str, config: DistillConfig, out: Path, ckpt: Path, inherited)
     if kind == "classification":
         _check_labels(teacher, task, source)
     set_seed(config.seed)
-    student, layer_map, origin = _student(teacher, tokenizer, kind, task, config, attn)
+    student, layer_map, origin, hidden_pairs, attention_pairs = _prepare_student(teacher, tokenizer, kind, task, config, attn)
     t_layers, s_layers = teacher.config.num_hidden_layers, student.config.num_hidden_layers
-    hidden_pairs = [(0, 0)] + [(i + 1, t + 1) for i, t in enumerate(layer_map)]  # index 0: embeddings
-    attention_pairs = list(enumerate(layer_map))
-    if config.hidden_weight > 0 and student.config.hidden_size != teacher.config.hidden_size:
-        # TinyBERT's learned W_h: student width -> teacher width, one per mapped hidden state
-        student.lean_distill_projections = torch.nn.ModuleList(
-            torch.nn.Linear(student.config.hidden_size, teacher.config.hidden_size) for _ in hidden_pairs)
-    if student.config.pad_token_id is None:
-        student.config.pad_token_id = tokenizer.pad_token_id
 
     train = task.train.take(config.max_train_samples)
     validation, test = task.validation.take(config.max_eval_samples), task.test.take(config.max_eval_samples)
@@ -344,30 +334,9 @@ def _train(source: str, config: DistillConfig, out: Path, ckpt: Path, inherited)
         train_data, val_data = LMTextDataset(tokenizer, train.texts, config.max_length), LMTextDataset(tokenizer, validation.texts, config.max_length)
     collator = DistillCollator(tokenizer, causal=kind == "lm")
 
-    steps = {"eval_strategy": "steps", "eval_steps": config.save_steps, "save_strategy": "steps",
-             "save_steps": config.save_steps} if config.save_steps else {"eval_strategy": "epoch", "save_strategy": "epoch"}
-    args = TrainingArguments(
-        output_dir=str(ckpt), num_train_epochs=config.epochs, learning_rate=config.lr,
-        per_device_train_batch_size=config.batch_size, per_device_eval_batch_size=max(config.batch_size, 32),
-        gradient_accumulation_steps=config.grad_accum, weight_decay=config.weight_decay, **warmup_kwargs(config.warmup_ratio),
-        **steps, load_best_model_at_end=True,  # the best student by validation metric is the one saved
-        metric_for_best_model="accuracy" if kind == "classification" else "loss", greater_is_better=kind == "classification",
-        prediction_loss_only=kind == "lm",  # an LM's eval logits (N, T, V) are too big to gather
-        save_total_limit=2, **safetensors_checkpoint_kwargs(), logging_steps=10, report_to=[], disable_tqdm=True, seed=config.seed,
-        use_cpu=device == "cpu", dataloader_num_workers=0, remove_unused_columns=False,
-        ddp_find_unused_parameters=False,  # every student weight (and projection) takes part in each loss
-        fp16=device.startswith("cuda") and not torch.cuda.is_bf16_supported(),
-        bf16=device.startswith("cuda") and torch.cuda.is_bf16_supported(),
-    )
+    args = _training_args(config, kind, ckpt, device)
     rank0 = args.process_index == 0
-    if args.world_size > 1 and not config.checkpoint_dir:
-        # every process must write into one checkpoint directory: rank 0's temp output holds it
-        import torch.distributed as dist
-
-        shared = [str(ckpt)]
-        dist.broadcast_object_list(shared, src=0)
-        ckpt = Path(shared[0])
-        args.output_dir = str(ckpt)
+    ckpt = _shared_checkpoint_dir(args, ckpt, config)
     if rank0 and not resuming:
         write_fingerprint(ckpt, config, teacher_hash)
 
@@ -406,10 +375,66 @@ def _train(source: str, config: DistillConfig, out: Path, ckpt: Path, inherited)
     teacher.to(student.device).eval()
     metrics, teacher_metrics, teacher_source = evaluate_student(student, teacher, tokenizer, kind, task, config,
                                                                 validation, test, teacher_manifest)
-    metric = "accuracy" if kind == "classification" else "next_token_accuracy"
     student.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     remove_checkpoints(ckpt)
+    return _report(source, config, kind, task, teacher, student, teacher_hash, (metrics, teacher_metrics, teacher_source),
+                   (origin, layer_map, t_layers, s_layers), trainer, result, start_step, len(train), args.world_size, device)
+
+def _prepare_student(teacher, tokenizer, kind: str, task, config: DistillConfig, attn):
+    """The student, its layer map and origin, and which hidden states and attention maps the losses pair."""
+    import torch
+
+    student, layer_map, origin = _student(teacher, tokenizer, kind, task, config, attn)
+    hidden_pairs = [(0, 0)] + [(i + 1, t + 1) for i, t in enumerate(layer_map)]  # index 0: embeddings
+    attention_pairs = list(enumerate(layer_map))
+    if config.hidden_weight > 0 and student.config.hidden_size != teacher.config.hidden_size:
+        # TinyBERT's learned W_h: student width -> teacher width, one per mapped hidden state
+        student.lean_distill_projections = torch.nn.ModuleList(
+            torch.nn.Linear(student.config.hidden_size, teacher.config.hidden_size) for _ in hidden_pairs)
+    if student.config.pad_token_id is None:
+        student.config.pad_token_id = tokenizer.pad_token_id
+    return student, layer_map, origin, hidden_pairs, attention_pairs
+
+
+def _training_args(config: DistillConfig, kind: str, ckpt: Path, device: str):
+    """The Trainer's arguments: lean's conventions (lean.training) plus what distillation needs."""
+    from lean.training import training_arguments
+
+    steps = {"eval_strategy": "steps", "eval_steps": config.save_steps, "save_strategy": "steps",
+             "save_steps": config.save_steps} if config.save_steps else {"eval_strategy": "epoch", "save_strategy": "epoch"}
+    return training_arguments(
+        str(ckpt), epochs=config.epochs, lr=config.lr, batch_size=config.batch_size, weight_decay=config.weight_decay,
+        warmup_ratio=config.warmup_ratio, seed=config.seed, device=device,
+        gradient_accumulation_steps=config.grad_accum, **steps,
+        load_best_model_at_end=True,  # the best student by validation metric is the one saved
+        metric_for_best_model="accuracy" if kind == "classification" else "loss", greater_is_better=kind == "classification",
+        prediction_loss_only=kind == "lm",  # an LM's eval logits (N, T, V) are too big to gather
+        save_total_limit=2, remove_unused_columns=False,
+        ddp_find_unused_parameters=False,  # every student weight (and projection) takes part in each loss
+    )
+
+
+def _shared_checkpoint_dir(args, ckpt: Path, config: DistillConfig) -> Path:
+    """Under torchrun every process must write into one checkpoint directory: rank 0's temp output holds it."""
+    if args.world_size > 1 and not config.checkpoint_dir:
+        import torch.distributed as dist
+
+        shared = [str(ckpt)]
+        dist.broadcast_object_list(shared, src=0)
+        ckpt = Path(shared[0])
+        args.output_dir = str(ckpt)
+    return ckpt
+
+
+def _report(source, config: DistillConfig, kind: str, task, teacher, student, teacher_hash, evaluated, shape,
+            trainer, result, start_step: int, samples: int, processes: int, device: str) -> dict[str, Any]:
+    """What the manifest records of a distillation: metrics, retention, the student's shape, the losses."""
+    from lean.models import environment
+
+    metrics, teacher_metrics, teacher_source = evaluated
+    origin, layer_map, t_layers, s_layers = shape
+    metric = "accuracy" if kind == "classification" else "next_token_accuracy"
     log = trainer.state.log_history
     return {
         "task": task.describe() | {"distill_kind": kind},
@@ -427,7 +452,7 @@ def _train(source: str, config: DistillConfig, out: Path, ckpt: Path, inherited)
                    "last": {k: v for k, v in next((e for e in reversed(log) if "loss" in e), {}).items() if k.startswith("loss")},
                    "cached_teacher": config.cache_teacher},
         "train": {"loss": round(result.training_loss, 5), "steps": result.global_step, "resumed_from_step": start_step,
-                  "samples": len(train), "processes": args.world_size,
+                  "samples": samples, "processes": processes,
                   "best_validation": trainer.state.best_metric, "log": log},
         "environment": environment(device),
     }

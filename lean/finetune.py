@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from lean import checks
-from lean.compat import safetensors_checkpoint_kwargs, warmup_kwargs
 from lean.errors import LeanError
 
 
@@ -177,16 +176,12 @@ def _save(model, tokenizer, out: Path) -> None:
 
 
 def _training_args(config: FinetuneConfig, out: Path, device: str, **extra):
-    import torch
-    from transformers import TrainingArguments
+    from lean.training import training_arguments
 
-    return TrainingArguments(
-        output_dir=str(out / "_checkpoints"), num_train_epochs=config.epochs, learning_rate=config.lr,
-        per_device_train_batch_size=config.batch_size, per_device_eval_batch_size=max(config.batch_size, 32),
-        weight_decay=config.weight_decay, **warmup_kwargs(config.warmup_ratio), logging_steps=10, report_to=[],
-        disable_tqdm=True, seed=config.seed, use_cpu=device == "cpu", **safetensors_checkpoint_kwargs(), save_total_limit=1,
-        fp16=device.startswith("cuda") and not torch.cuda.is_bf16_supported(),
-        bf16=device.startswith("cuda") and torch.cuda.is_bf16_supported(), dataloader_num_workers=0, **extra)
+    extra.setdefault("save_total_limit", 1)
+    return training_arguments(str(out / "_checkpoints"), epochs=config.epochs, lr=config.lr,
+                              batch_size=config.batch_size, weight_decay=config.weight_decay,
+                              warmup_ratio=config.warmup_ratio, seed=config.seed, device=device, **extra)
 
 
 def _run_lm(source: str | None, config: FinetuneConfig, out: Path, task, device: str) -> dict[str, Any]:

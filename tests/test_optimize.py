@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from lean.errors import LeanError
-from lean.optimize import Budget, OptimizeConfig, Target, optimize
+from lean.optimize import Budget, OptimizeConfig, optimize
 from lean.optimize.config import parse_duration
 from lean.optimize.space import load_space, parse_space
 from lean.optimize.trials import Figures

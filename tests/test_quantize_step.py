@@ -8,7 +8,6 @@ and both the manifest and the command's output say so. (With a task: tests/test_
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 
