@@ -60,7 +60,7 @@ def _load_task(path: str, config: ExportConfig):
 
 def run(source: str, config: ExportConfig, out: Path) -> dict[str, Any]:
     """The step: export, optimize, quantize, validate; leaves model.onnx + config + tokenizer in `out`."""
-    from lean.models import environment, load_config, load_model, load_tokenizer, write_manifest
+    from lean.models import load_config, load_model, load_tokenizer, write_manifest
 
     path = check_source(source)
     exporter = choose_exporter(config.exporter)
@@ -109,8 +109,10 @@ def run(source: str, config: ExportConfig, out: Path) -> dict[str, Any]:
     from lean.export.validate import gate
 
     gate(report, config, kind)
-    return {**_manifest(out, config, kind, task, max_length, exporter, details, quantization, report, validate_on,
-                        environment), "inherited": inherited.record()}
+    if task is None:
+        report["validation"]["texts"] = {"source": "lean.samples", "n": len(texts)}
+    return {**_manifest(out, config, kind, task, max_length, exporter, details, quantization, report, validate_on),
+            "inherited": inherited.record()}
 
 
 def _validate(model, tokenizer, out: Path, provider: str, texts, max_length, config, kind, task) -> dict[str, Any]:
@@ -123,14 +125,12 @@ def _validate(model, tokenizer, out: Path, provider: str, texts, max_length, con
     return validate_lm(model, tokenizer, onnx_model, texts, max_length, config, "test" if task else "samples")
 
 
-def _manifest(out, config, kind, task, max_length, exporter, details, quantization, report, provider,
-              environment) -> dict[str, Any]:
+def _manifest(out, config, kind, task, max_length, exporter, details, quantization, report, provider) -> dict[str, Any]:
+    """What run() adds to lean.json: the task (or its absence), the exporter, the ONNX files and the validation."""
     from lean.export.ort_tools import opset
+    from lean.models import environment
 
     onnx_files = sorted(p.name for p in out.iterdir() if p.suffix == ".onnx" or p.name.endswith((".onnx_data", ".onnx.data")))
-    validation = report["validation"]
-    if task is None:
-        validation["texts"] = {"source": "lean.samples", "n": validation["n"] if kind == "classification" else None}
     manifest = {
         "task": task.describe() if task is not None else None,
         "task_accuracy_checked": task is not None and kind == "classification",
@@ -141,7 +141,7 @@ def _manifest(out, config, kind, task, max_length, exporter, details, quantizati
                  "optimize": config.optimize, "quantize": config.quantize, "files": onnx_files,
                  "quantization": quantization,
                  "size_mb": round(sum((out / f).stat().st_size for f in onnx_files) / 2**20, 3)},
-        "validation": validation,
+        "validation": report["validation"],
         "metrics": report.get("metrics", {}),
         "source_metrics": report.get("source_metrics", {}),
         "environment": environment(provider),
