@@ -18,7 +18,7 @@ Tests: tests/test_export.py, tests/test_export_torch.py.
 
 from lean.export.config import EXPORTER_CHOICES, OPTIMIZE_LEVELS, QUANTIZE_METHODS, ExportConfig
 from lean.export.step import check_source, export, model_kind, run
-from lean.export.validate import gate as _gate
+from lean.export.validate import gate as _gate  # noqa: F401  (kept importable from lean.export)
 
 __all__ = ["EXPORTER_CHOICES", "OPTIMIZE_LEVELS", "QUANTIZE_METHODS", "ExportConfig", "check_source", "export",
            "model_kind", "run"]
