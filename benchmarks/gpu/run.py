@@ -171,10 +171,14 @@ def environment(found: dict) -> dict:
             versions[name] = version(name)
         except Exception:
             versions[name] = None
-    commit = found.get("commit") or os.environ.get("LEAN_GIT_COMMIT")
-    if not commit:
-        git = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO)
-        commit = git.stdout.strip() or None
+    # The checkout's own commit where it has .git; a copied tree without one has the carry's record.
+    try:
+        git = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=40"], capture_output=True,
+                             text=True, cwd=REPO)
+        commit = git.stdout.strip() if git.returncode == 0 else None
+    except OSError:
+        commit = None
+    commit = commit or found.get("commit") or os.environ.get("LEAN_GIT_COMMIT")
     return {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
             "python": platform.python_version(), "versions": versions,
             "commit": commit,
