@@ -77,9 +77,11 @@ def parent_values(parent_dir: str | Path | None) -> dict[str, Any]:
         # an export records its max_length at the top; a training step in its config
         "max_length": recorded.get("max_length") or manifest.get("max_length") or config.get("max_length"),
     }
-    if values["task"] is not None:
-        values["task"] = resolve_task_spec(str(values["task"]), Path(parent_dir))
-    return {k: v for k, v in values.items() if v is not None}
+    if values["task"] is None:
+        return {k: v for k, v in values.items() if v is not None}
+    values["task"] = resolve_task_spec(str(values["task"]), Path(parent_dir))
+    # a recorded task without columns used the default ones: that, too, is the parent's choice
+    return {k: v for k, v in values.items() if v is not None or k in ("text_column", "label_column")}
 
 
 def resolve_task_spec(spec: str, parent_dir: Path | None = None) -> str:

@@ -38,7 +38,7 @@ def test_an_option_wins_and_the_rest_still_comes_from_the_parent(tmp_path, bbc_c
                      {"max_length": 48})
     got = inherit(parent, {"split_seed": 3, "max_length": 16})
     assert (got.split_seed, got.max_length, got.text_column) == (3, 16, "body")
-    assert got.sources == {"task": "parent", "split_seed": "option", "text_column": "parent", "label_column": "default",
+    assert got.sources == {"task": "parent", "split_seed": "option", "text_column": "parent", "label_column": "parent",
                            "max_length": "option", "kind": "default"}
     # naming the parent's own task again is still the parent's task: its split seed and columns follow
     same = inherit(parent, {"task": str(bbc_csv)})
