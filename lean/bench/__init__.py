@@ -9,7 +9,7 @@ The harness in layers, every import pointing down (docs/bench.md has the map):
 - child side, in the measuring and building subprocesses: backends, kinds (the variant kinds, one
   registration each), classical, inputs, memory, scenarios (quality, latency, lm), worker, build;
 - readers of finished runs: figures, report, markdown, plot, terminal, report_lm, compare, history;
-- parent side: suite, launcher, progress, chains, outcome, scheduler, plan, variant, runner.
+- parent side: suite, options, launcher, progress, chains, outcome, scheduler, plan, variant, runner.
 Names are resolved lazily, so `python -m lean.bench.worker` runs its module once (not also as an
 import of this package), and `import lean.bench` costs nothing.
 """
