@@ -68,8 +68,10 @@ def trained_max_length(path: str | Path, default: int = 128) -> int:
         manifest = read_manifest_checked(path)
         if not manifest:
             break
-        config = manifest.get("config")
-        value = manifest.get("max_length") or (config.get("max_length") if isinstance(config, dict) else None)
+        config, inherited = manifest.get("config"), manifest.get("inherited")
+        used = inherited.get("max_length") if isinstance(inherited, dict) else None  # lean.lineage's record
+        value = ((used.get("value") if isinstance(used, dict) else None) or manifest.get("max_length")
+                 or (config.get("max_length") if isinstance(config, dict) else None))
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value
         parent = manifest.get("parent")

@@ -313,18 +313,19 @@ def directories_suite(dirs: list[str], task: str | None = None, name: str = "dir
     for d in dirs:
         if not Path(d).is_dir():
             raise LeanError(f"'{d}' is not a directory: pass model directories (or one suite .yaml file)")
-    split_seed, text_column, label_column = 42, None, None
+    from lean.lineage import inherit
+
     if task is None:
         recorded = read_manifest_checked(dirs[0]).get("task") or {}
         if not isinstance(recorded, dict):
             raise LeanError(f"'{dirs[0]}/lean.json' records its task as {type(recorded).__name__}, not a mapping: "
                             "pass --task")
-        task = recorded.get("spec") or recorded.get("name")
-        if not task or not isinstance(task, str):
-            raise LeanError(f"'{dirs[0]}' records no task in lean.json: pass --task")
-        split_seed = recorded.get("split_seed") or 42
-        check_int(f"'{dirs[0]}/lean.json' task.split_seed", split_seed, 0)
-        text_column, label_column = recorded.get("text_column"), recorded.get("label_column")
+    inherited = inherit(dirs[0], {"task": task})  # the one rule steps follow: split seed and columns with the task
+    if not inherited.task or not isinstance(inherited.task, str):
+        raise LeanError(f"'{dirs[0]}' records no task in lean.json: pass --task")
+    task, split_seed = inherited.task, inherited.split_seed
+    check_int(f"'{dirs[0]}/lean.json' task.split_seed", split_seed, 0)
+    text_column, label_column = inherited.text_column, inherited.label_column
     measure = measure or MeasureConfig()
     variants: dict[str, Variant] = {}
     for d in dirs:

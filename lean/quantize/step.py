@@ -63,6 +63,7 @@ class _Source:
     device: str
     parent: dict
     max_length: int
+    inherited: Any  # lean.lineage.Inherited: task, split seed, columns, max length, kind
 
 
 def _load_source(source: str, config: QuantizeStepConfig) -> _Source:
@@ -77,30 +78,31 @@ def _load_source(source: str, config: QuantizeStepConfig) -> _Source:
         device = "cuda" if torch.cuda.is_available() and "cuda" in qconfig.devices else "cpu"
     check_device(qconfig, device)
     device = resolve_device(device)
+    from lean.lineage import inherit
+
     parent = read_manifest(resolved)
     kind = model_kind(load_config(resolved, config.trust_remote_code))
-    max_length = config.max_length or (parent.get("config") or {}).get("max_length") or 128
+    inherited = inherit(resolved, {"task": config.task, "split_seed": config.split_seed,
+                                   "text_column": config.text_column, "label_column": config.label_column,
+                                   "max_length": config.max_length})
+    max_length = inherited.max_length
     tokenizer = load_tokenizer(resolved, config.trust_remote_code)
     with quiet_transformers():
         model = load_model(resolved, kind, config.trust_remote_code).eval().to(device)
     if kind == "lm":
         limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", max_length)
         max_length = min(max_length, limit)
-    return _Source(model, tokenizer, kind, device, parent, max_length)
+    return _Source(model, tokenizer, kind, device, parent, max_length, inherited)
 
 
 def _load_task(src: _Source, config: QuantizeStepConfig) -> tuple[Any, str | None]:
     """(task, its spec) to calibrate and evaluate on (--task, else the parent's), or (None, None) when there is neither."""
-    from lean.data import load_task
 
-    parent_task = src.parent.get("task") or {}
-    if config.task is None and not parent_task.get("spec"):
+    inherited = src.inherited
+    if inherited.task is None:
         return None, None
-    spec = config.task or parent_task["spec"]
-    split_seed = config.split_seed if config.split_seed is not None else parent_task.get("split_seed", 42)
-    task_kind = parent_task.get("kind", "auto") if config.task is None else "auto"
-    task = load_task(spec, config.text_column or parent_task.get("text_column"),
-                     config.label_column or parent_task.get("label_column"), split_seed, kind=task_kind)
+    spec = inherited.task
+    task = inherited.load_task()
     labels = src.model.config.num_labels
     if src.kind == "classification" and config.evaluate and labels != task.num_labels:
         raise LeanError(f"the model has {labels} labels but task '{spec}' has {task.num_labels}: "
@@ -142,6 +144,7 @@ def run(source: str, config: QuantizeStepConfig, out: Path) -> dict[str, Any]:
         "environment": environment(src.device),
     }
     result.update(_evaluate(src, task, spec, config))
+    result["inherited"] = src.inherited.record()
     return result
 
 
