@@ -64,8 +64,8 @@ def read_manifest_checked(path: str | Path) -> dict[str, Any]:
 
     try:
         manifest = read_manifest(path)
-    except LeanError:
-        raise
+    except LeanError as e:  # lean.models names the damage; a cache entry can also just be deleted
+        raise LeanError(f"{e} (an entry of the runs cache is rebuilt once its directory is deleted)") from None
     except (ValueError, OSError) as e:  # truncated, not UTF-8, unreadable
         raise LeanError(f"'{Path(path) / 'lean.json'}' is unreadable ({type(e).__name__}): {FIX_MANIFEST}") from None
     if not isinstance(manifest, dict):
