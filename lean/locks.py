@@ -25,6 +25,11 @@ except ImportError:  # Windows: fall back to exclusive creation (a killed run le
     fcntl = None
 
 LOCK_SUFFIX = ".lean-lock"
+# Lock files this process holds, passed to the processes it starts: a child doing its parent's work
+# (lean bench building a runs-cache entry in a subprocess, whose step locks the same output) takes
+# the lock as already its own instead of failing against its parent.
+HELD_ENV = "LEAN_HELD_LOCKS"
+_OWN: set[str] = set()  # the lock files this process took itself (a second take here must fail)
 
 
 def lock_path(target: str | os.PathLike) -> Path:
@@ -86,12 +91,21 @@ def output_lock(target: str | os.PathLike, what: str = "output") -> Iterator[Pat
     """
     target = Path(target).expanduser().absolute()
     path = lock_path(target)
+    held = [p for p in os.environ.get(HELD_ENV, "").split(os.pathsep) if p]
+    if str(path) in held and str(path) not in _OWN:  # a parent process holds it for us
+        yield path
+        return
     fd = _acquire(path, target, what)
+    _OWN.add(str(path))
+    os.environ[HELD_ENV] = os.pathsep.join(held + [str(path)])
     try:
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         yield path
     finally:
+        _OWN.discard(str(path))
+        os.environ[HELD_ENV] = os.pathsep.join(p for p in os.environ.get(HELD_ENV, "").split(os.pathsep)
+                                               if p and p != str(path))
         try:
             os.unlink(path)  # before closing, so no other run can lock this inode and lose it
         except FileNotFoundError:

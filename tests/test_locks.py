@@ -73,3 +73,23 @@ def test_lock_under_a_file_is_a_clear_error(tmp_path):
         with output_lock(blocker / "out"):
             pass
     assert blocker.read_text() == "keep me"
+
+
+def test_a_child_process_works_under_its_parents_lock(tmp_path):
+    """A subprocess started while the lock is held does the holder's work: it may take the same lock."""
+    target = tmp_path / "out"
+    child = "import sys\nfrom lean.locks import output_lock\nwith output_lock(sys.argv[1]):\n    print('inside')\n"
+    with output_lock(target):
+        res = subprocess.run([sys.executable, "-c", child, str(target)], capture_output=True, text=True)
+        assert res.returncode == 0 and res.stdout.strip() == "inside", res.stderr
+        assert lock_path(target).exists()  # the child did not release the parent's lock
+    assert not lock_path(target).exists()
+    assert str(lock_path(target)) not in os.environ.get("LEAN_HELD_LOCKS", "")
+    proc = _holder(target)  # an unrelated process still fails at once
+    try:
+        with pytest.raises(LeanError, match="in use"):
+            with output_lock(target):
+                pass
+    finally:
+        proc.kill()
+        proc.wait()

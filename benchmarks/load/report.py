@@ -1,4 +1,4 @@
-"""results.md of a load test run: the tables of results.json, for people."""
+"""load.md of a load test run: the tables of load.json, for people."""
 
 from __future__ import annotations
 

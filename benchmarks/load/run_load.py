@@ -6,7 +6,7 @@ onnxruntime limit, p99/p50 at half of peak, overload, and a soak at 80% of peak.
 
 Inputs are the bbc-news test split (real articles, each over 128 tokens, so every request is a
 full-length text). Every phase is bounded in time; the servers are started here on free loopback
-ports and stopped with SIGTERM (their exit status is recorded). Writes results.json and results.md.
+ports and stopped with SIGTERM (their exit status is recorded). Writes load.json and load.md.
 """
 
 from __future__ import annotations
@@ -212,10 +212,10 @@ def main() -> None:
     results["load_after"] = uptime()
     results["targets"] = targets(results)
     args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (args.output / "results.md").write_text(markdown(results))
+    (args.output / "load.json").write_text(json.dumps(results, indent=2) + "\n")
+    (args.output / "load.md").write_text(markdown(results))
     print(json.dumps(results["targets"], indent=2))
-    print(f"load after: {results['load_after']}\nwrote {args.output}/results.json")
+    print(f"load after: {results['load_after']}\nwrote {args.output}/load.json")
 
 
 def overload_only(args) -> None:
