@@ -168,7 +168,7 @@ class OnnxModel:
     def run(self, feed: dict[str, np.ndarray]) -> np.ndarray:
         """Logits as float32: (B, num_labels) for a classifier, (B, T, vocab) for an LM (first step)."""
         if self.kind == "lm" and not any(n.startswith("past_key_values") for n in feed):
-            feed = {**self._lm_inputs(feed["input_ids"], feed["attention_mask"]),
+            feed = {**self.lm_inputs(feed["input_ids"], feed["attention_mask"]),
                     **self._empty_past(feed["input_ids"].shape[0])}
         return np.asarray(self.session.run(["logits"], feed)[0], dtype=np.float32)
 
@@ -249,7 +249,7 @@ class OnnxModel:
         t0 = time.perf_counter()
         t_first = None
         for step in range(max_new_tokens):
-            feed = {**self._lm_inputs(tokens, mask), **past}
+            feed = {**self.lm_inputs(tokens, mask), **past}
             outputs = self.session.run(None, feed)
             logits = outputs[self.output_names.index("logits")]  # (B, T, vocab): only the last position matters
             next_ids = logits[:, -1, :].argmax(-1).astype(np.int64)
@@ -281,7 +281,7 @@ class OnnxModel:
 
     _greedy = greedy  # the earlier private name
 
-    def _lm_inputs(self, tokens: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+    def lm_inputs(self, tokens: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
         """input_ids (B, T), attention_mask (B, past + T) and, where the graph takes them, position_ids (B, T)."""
         feed = {"input_ids": tokens, "attention_mask": mask}
         if "position_ids" in self.input_names:

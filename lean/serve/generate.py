@@ -37,7 +37,7 @@ def stream_ids(model, prompt: str, max_new_tokens: int, sampling: Sampling, max_
     for _ in range(max_new_tokens):
         if stop is not None and stop.is_set():
             return
-        outputs = model.session.run(None, {**_lm_inputs(model, tokens, mask), **past})
+        outputs = model.session.run(None, {**model.lm_inputs(tokens, mask), **past})
         logits = outputs[model.output_names.index("logits")][0, -1, :].astype(np.float64)  # (vocab,)
         next_id = _choose(logits, sampling, rng)
         if model.eos_id is not None and next_id == model.eos_id:
@@ -67,15 +67,6 @@ def _choose(logits: np.ndarray, sampling: Sampling, rng: np.random.Generator) ->
         probs = cut / cut.sum()
     return int(rng.choice(probs.size, p=probs))
 
-
-def _lm_inputs(model, tokens: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
-    feed = {"input_ids": tokens, "attention_mask": mask}
-    if "position_ids" in model.input_names:
-        # positions count real tokens only, so left padding does not shift them
-        positions = np.cumsum(mask, axis=1) - 1
-        positions[mask == 0] = 1
-        feed["position_ids"] = positions[:, -tokens.shape[1]:].astype(np.int64)
-    return feed
 
 
 def _empty_past(model) -> dict[str, np.ndarray]:
