@@ -536,8 +536,10 @@ def main() -> None:
     The app runs outside click's standalone mode, which would print usage errors as a multi-line box
     and turn Ctrl-C into a silent exit 130 before we could say so."""
     from lean.compat import quiet_library_progress_bars
+    from lean.quantize.bnb import silence_known_notices
 
     quiet_library_progress_bars()
+    silence_known_notices()  # bitsandbytes, pulled in by transformers' Trainer too, logs a harmless line at import
     click = _click_exceptions()
     try:
         code = app(standalone_mode=False)
