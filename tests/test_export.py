@@ -122,7 +122,7 @@ def test_quantized_lm_gate_is_on_perplexity_not_on_near_tied_argmax():
     with pytest.raises(LeanError, match=r"int8 test perplexity 110.000 is 1.100x PyTorch's 100.000 \(at most 1.05x"):
         _gate(report(1.0, 1.10), config, "lm")
     _gate(report(1.0, 1.10), ExportConfig(quantize="int8-dynamic", max_perplexity_ratio=1.2), "lm")
-    with pytest.raises(LeanError, match="max_perplexity_ratio must be at least 1"):
+    with pytest.raises(LeanError, match="max-perplexity-ratio must be between 1 and 100"):
         ExportConfig(max_perplexity_ratio=0.9)
 
 
@@ -170,7 +170,7 @@ def test_step_config_builds_every_harness_variant():
     with pytest.raises(LeanError, match="has no option"):
         step_config("export", {"quantise": "int8-dynamic"})
     for bad, message in [({"optimize": "O9"}, "--optimize must be one of"), ({"quantize": "int4"}, "--quantize must be one of"),
-                         ({"fp16": True, "quantize": "int8-dynamic"}, "do not combine"), ({"atol": 0}, "--atol must be positive"),
+                         ({"fp16": True, "quantize": "int8-dynamic"}, "do not combine"), ({"atol": 0}, "--atol must be a positive number"),
                          ({"calibration_samples": 0}, "--calibration-samples"),
                          ({"optimize": "O2", "quantize": "int8-static"}, "do not combine")]:
         with pytest.raises(LeanError, match=message):

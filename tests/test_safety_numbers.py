@@ -5,8 +5,7 @@ nan, inf, -inf and a huge value goes through the real command line. The function
 the work is replaced by one that records the call, so a refusal that comes only after the work
 (or never) shows up as "work started". A value may start the work only where it is listed as
 legitimate below (a seed of 0, a sample limit larger than the split, a gate turned off with 0).
-Options whose checks belong to another module's config and do not pass yet are marked xfail,
-naming that module. A last test trains for real at the top of the accepted range and asserts the
+A last test trains for real at the top of the accepted range and asserts the
 result is never a NaN model.
 
     python -m pytest tests/test_safety_numbers.py -x -q
@@ -72,28 +71,11 @@ LEGITIMATE = {
 # the option the quantize command needs to accept a method-specific value
 METHOD_FOR = {"threshold": "bnb-int8", "blocksize": "bnb-nf4"}
 
-# Cases whose checks live in another module's config and do not refuse yet: (verb, option) -> (values, owner).
-_QUANTIZE, _EXPORT, _BENCH = "lean/quantize.py config checks", "lean/export.py ExportConfig checks", "lean/bench BenchOptions checks"
-NOT_YET = {
-    ("quantize", "threshold"): ({"nan", "inf", HUGE_FLOAT}, _QUANTIZE),
-    ("export", "atol"): ({"inf", HUGE_FLOAT}, _EXPORT),
-    ("export", "max-metric-drop"): ({"nan", "inf", HUGE_FLOAT}, _EXPORT),
-    ("export", "max-perplexity-ratio"): ({"inf", HUGE_FLOAT}, _EXPORT),
-    ("export", "max-eval-samples"): ({"0", "-1"}, _EXPORT),
-    ("bench", "timeout"): ({"0", "-1", "nan", "inf", "-inf"}, _BENCH),
-    ("bench", "threads"): ({"0", "-1", HUGE_INT}, _BENCH),
-}
-
-
 def _cases():
     for verb, options in OPTIONS.items():
         for option, kind in options.items():
             for value in INT_VALUES if kind == "int" else FLOAT_VALUES:
-                marks = []
-                values, owner = NOT_YET.get((verb, option), ((), ""))
-                if value in values:
-                    marks.append(pytest.mark.xfail(strict=False, reason=f"not refused yet by {owner}"))
-                yield pytest.param(verb, option, value, marks=marks, id=f"{verb}-{option}={value}")
+                yield pytest.param(verb, option, value, id=f"{verb}-{option}={value}")
 
 
 class _WorkStarted(SystemExit):

@@ -107,6 +107,8 @@ class MeasureConfig:
         for name, minimum in (("warmup", 0), ("repeats", 1), ("min_repeats", 1), ("eval_batch_size", 1)):
             check_int(f"measure.{name}", getattr(self, name), minimum)
         check_int("measure.threads", self.threads, 1, none_ok=True)
+        if self.threads is not None and self.threads > 4096:  # no machine has more; a typo would oversubscribe
+            raise LeanError(f"measure.threads must be at most 4096, got {self.threads}")
         check_int("measure.max_length", self.max_length, 8, none_ok=True)
         check_int("measure.max_eval_samples", self.max_eval_samples, 1, none_ok=True)
         check_seconds("measure.timeout_s", self.timeout_s)

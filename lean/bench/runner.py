@@ -69,8 +69,8 @@ class BenchOptions:
 
     def __post_init__(self):
         if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
-                                         or self.threads < 1):
-            raise LeanError(f"--threads must be a whole number of at least 1, got {self.threads!r}")
+                                         or not 1 <= self.threads <= 4096):
+            raise LeanError(f"--threads must be a whole number from 1 to 4096, got {self.threads!r}")
         timeout = self.timeout_s
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
                                     or not math.isfinite(timeout) or timeout <= 0):

@@ -56,14 +56,15 @@ class ExportConfig:
                             "graph); drop --optimize: onnxruntime fuses the quantized graph when it loads it")
         if self.calibration_samples < 1:
             raise LeanError(f"--calibration-samples must be at least 1, got {self.calibration_samples}")
-        if not self.atol > 0:
-            raise LeanError(f"--atol must be positive, got {self.atol}")
+        # the gates: finite and within what can still fail (a gate that passes anything checks nothing)
+        if not 0 < self.atol <= 1e3:
+            raise LeanError(f"--atol must be a positive number up to 1000, got {self.atol}")
         if not 0 <= self.min_agreement <= 1:
-            raise LeanError(f"min_agreement must be between 0 and 1, got {self.min_agreement}")
-        if not self.max_perplexity_ratio >= 1:
-            raise LeanError(f"max_perplexity_ratio must be at least 1, got {self.max_perplexity_ratio}")
-        if self.max_metric_drop < 0:
-            raise LeanError(f"max_metric_drop must be at least 0 points, got {self.max_metric_drop}")
+            raise LeanError(f"--min-agreement must be between 0 and 1, got {self.min_agreement}")
+        if not 1 <= self.max_perplexity_ratio <= 100:
+            raise LeanError(f"--max-perplexity-ratio must be between 1 and 100, got {self.max_perplexity_ratio}")
+        if not 0 <= self.max_metric_drop <= 100:
+            raise LeanError(f"--max-metric-drop must be between 0 and 100 points, got {self.max_metric_drop}")
         if self.max_length is not None and not 8 <= self.max_length <= 8192:
             raise LeanError(f"--max-length must be between 8 and 8192, got {self.max_length}")
         if self.opset is not None and not 11 <= self.opset <= 23:

@@ -70,6 +70,8 @@ class BnbInt8Config(QuantConfig):
         value = self.threshold
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
             raise LeanError(f"--threshold must be >= 0 and finite (0 turns off the outlier decomposition), got {value!r}")
+        if value > 1e6:  # no activation is that large: such a value is a typo, not a setting
+            raise LeanError(f"--threshold must be at most 1e6 (0 turns off the outlier decomposition), got {value!r}")
         self.threshold = float(value)
 
 
