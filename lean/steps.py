@@ -25,6 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from lean import __version__
 from lean.errors import LeanError
 from lean.locks import output_lock
 from lean.models import MANIFEST, environment, manifest_hash, resolve_model, write_manifest
@@ -205,7 +206,7 @@ def _manifest(name: str, source: str, config: Any, start: float, extra: dict) ->
     is_dir = Path(source_path).is_dir()
     parent_hash = manifest_hash(source_path) if is_dir else None
     manifest = {
-        "lean_version": "0.1.0",
+        "lean_version": __version__,
         "step": name,
         "config": config_dict(config),
         "config_hash": config_hash(name, config, parent_hash if is_dir else str(source)),
