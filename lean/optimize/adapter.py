@@ -77,10 +77,11 @@ class BenchMeasure:
                             "optimize chooses on validation only: update lean")
         suite = parse_suite(self.suite_data(candidate, mode), f"optimize:{candidate.name}")
         out = self._run_dir(candidate, mode)
-        out.mkdir(parents=True, exist_ok=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        # the bench run owns `out` (--overwrite replaces only a finished bench run there); its log sits beside it
         options = BenchOptions(output=out, runs_dir=self.runs_dir, device=self.target.device,
                                threads=self.target.threads, overwrite=True, quiet=True)
-        with (out / "bench.log").open("w") as log:
+        with out.with_name(out.name + ".log").open("w") as log:
             try:
                 results = run_bench(suite, options, console=Console(file=log, width=160))
             except LeanError:
