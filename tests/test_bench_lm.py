@@ -49,6 +49,7 @@ def _row(results, name):
     return next(r for r in results["variants"] if r["name"] == name)
 
 
+@pytest.mark.optimum  # the suite's ONNX variant exports a causal LM, which needs optimum-onnx
 def test_lm_suite_measures_perplexity_and_generation(lm_run):
     results, out = lm_run
     teacher, onnx = _row(results, "teacher"), _row(results, "onnx")
@@ -163,6 +164,7 @@ def test_shipped_lm_suite_parses():
     assert yaml.safe_load((Path(__file__).parents[1] / "benchmarks" / "suites" / "lm.yaml").read_text())
 
 
+@pytest.mark.optimum  # the suite's ONNX variant exports a causal LM, which needs optimum-onnx
 def test_terminal_line_of_an_lm_row_shows_perplexity_and_decode_speed(lm_run):
     import io
 
@@ -177,6 +179,7 @@ def test_terminal_line_of_an_lm_row_shows_perplexity_and_decode_speed(lm_run):
     assert "onnx: perplexity " in line and "b1 decode " in line and "tok/s, TTFT" in line
 
 
+@pytest.mark.optimum  # the suite's ONNX variant exports a causal LM, which needs optimum-onnx
 def test_terminal_table_of_an_lm_run_has_perplexity_and_decode_columns(lm_run):
     import io
 

@@ -32,6 +32,7 @@ def parse_sse(text: str) -> list[tuple[str, dict]]:
     return events
 
 
+@pytest.mark.optimum  # the exported causal LM needs optimum-onnx
 def test_streamed_and_whole_generations_equal_lean_predict(onnx_llama):
     from lean.serve import ServeConfig, build_app
 
