@@ -167,7 +167,8 @@ def _load_error(spec: str, what: str, e: BaseException) -> LeanError:
 
 
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
+    """The first non-blank line of an exception's message (libraries put the reason there), else its type."""
+    text = [line for line in str(e).strip().splitlines() if line.strip()]
     return text[0] if text else type(e).__name__
 
 

@@ -186,5 +186,7 @@ class _quiet:
 
 
 def _first_line(e: BaseException) -> str:
-    lines = [line for line in str(e).strip().splitlines() if line.strip()]
-    return lines[0][:300] if lines else type(e).__name__
+    """lean.models' first line of the message, capped: torch.onnx's can run to whole graphs."""
+    from lean.models import _first_line as first_line
+
+    return first_line(e)[:300]
