@@ -16,6 +16,11 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers 5 draws one per model loaded or saved
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Subprocesses started from the repository root (`python -m lean.cli`, `python -c`) would find the checkout's
+# kernels/ folder as a bare `kernels` before the Hub's package of that name, which transformers 5 requires
+# and imports: they run as the installed `lean` command does, without the working directory on sys.path
+# (Python 3.11's PYTHONSAFEPATH; lean's own measuring subprocesses do the same, lean.bench.launcher).
+os.environ.setdefault("PYTHONSAFEPATH", "1")
 
 
 def bbc_rows(per_class: int = 20) -> list[dict]:

@@ -73,7 +73,8 @@ def test_measured_rows_match_references(tiny_run, tiny_bert_dir, bbc_csv):
     assert fp32["size"]["params"] == sum(p.numel() for p in model.parameters())
     assert fp32["size"]["weights_bytes"] == (Path(tiny_bert_dir) / "model.safetensors").stat().st_size
     cell, = fp32["latency"]
-    assert (cell["batch_size"], cell["seq_length"], cell["count"]) == (2, 64, 2)
+    # the suite's 2 repeats at least; rounds the machine ran slower in are made up with more calls
+    assert (cell["batch_size"], cell["seq_length"]) == (2, 64) and cell["count"] >= 2
     assert 0 < cell["median_ms"] <= cell["p90_ms"] <= cell["p99_ms"] and cell["speedup"] == 1.0
     assert cell["inputs"]["how"].startswith("truncated") and cell["inputs"]["pool"] > 0
     memory = fp32["memory"]
@@ -158,7 +159,7 @@ def test_second_run_reuses_built_steps(tiny_run, monkeypatch, capsys, tmp_path):
     assert counter.read_text().splitlines() == ["a"]  # the copy step did not run again
     assert (built / "lean.json").stat().st_mtime_ns == mtime
     assert again["variants"][0]["quality"]["accuracy"] == copied["quality"]["accuracy"]  # exact across runs
-    assert again["variants"][0]["latency"][0]["count"] == copied["latency"][0]["count"] == 2
+    assert again["variants"][0]["latency"][0]["count"] >= 2 and copied["latency"][0]["count"] >= 2
     assert json.loads((tmp_path / "run2" / "logs" / "copied.measure.json").read_text())["interleave"] is False
     # each finished run joins the machine's history of baseline medians (lean.bench.history)
     history = [json.loads(line) for line in (cache / "history.jsonl").read_text().splitlines()]

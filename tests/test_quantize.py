@@ -155,7 +155,7 @@ def test_4bit_layers_keep_the_generic_cpu_kernel_even_when_narrow():
     x = torch.randn(4, 96)
     model = quantize_(model, BnbNF4Config(), device="cpu")
     narrow = model[0]
-    assert type(narrow).__name__ == "Linear4bit" and narrow.support_avx512bf16_for_cpu is False
+    assert type(narrow).__name__ == "Linear4bit" and not narrow.support_avx512bf16_for_cpu
     assert use_generic_bnb_cpu_kernel(model) == 0  # already switched when quantized
     with torch.inference_mode():
         reference = x @ F.dequantize_4bit(narrow.weight.data, narrow.weight.quant_state).float().T + narrow.bias
