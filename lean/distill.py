@@ -193,9 +193,11 @@ def student_from_teacher_layers(teacher, layer_map: list[int]):
     bad = [i for i in layer_map if not 0 <= i < n]
     if bad:
         raise LeanError(f"layer map {list(layer_map)} is out of range: the teacher has layers 0..{n - 1}")
-    prefix, _ = layer_list(teacher)
     config = copy.deepcopy(teacher.config)
     config.num_hidden_layers = len(layer_map)
+    if getattr(config, "num_hidden_groups", None) is not None:
+        return _shared_layers_student(teacher, config)
+    prefix, _ = layer_list(teacher)
     for key, value in list(config.to_dict().items()):  # per-layer lists (layer_types) follow the map
         if "layer" in key and isinstance(value, list) and len(value) == n:
             setattr(config, key, [value[i] for i in layer_map])
@@ -209,6 +211,18 @@ def student_from_teacher_layers(teacher, layer_map: list[int]):
             source = f"{prefix}.{layer_map[int(index)]}.{rest}"
         state[key] = teacher_state[source].detach().clone()
     student.load_state_dict(state)
+    return student.to(next(teacher.parameters()).dtype)
+
+
+def _shared_layers_student(teacher, config):
+    """ALBERT shares one set of layer weights across its depth (num_hidden_groups of them): with one
+    group, a shallower student is the same weights run fewer times, so every weight is copied."""
+    groups = config.num_hidden_groups
+    if groups != 1:
+        raise LeanError(f"{type(teacher).__name__} shares its layers in {groups} groups; lean makes shallower copies "
+                        "of one-group models only: use --student-config num_hidden_layers=N,num_hidden_groups=1")
+    student = type(teacher)(config)
+    student.load_state_dict(teacher.state_dict())
     return student.to(next(teacher.parameters()).dtype)
 
 
@@ -304,9 +318,8 @@ def _train(source: str, config: DistillConfig, out: Path, ckpt: Path, inherited)
     from transformers import EarlyStoppingCallback, set_seed
     from transformers.trainer_callback import PrinterCallback
 
-    from lean.distill_losses import (DistillationTrainer, DistillCollator, DistillProgressCallback, LMTextDataset,
-                                     LossWeights, cache_teacher_logits, evaluate_student)
-    from lean.metrics import TextDataset
+    from lean.distill_losses import (DistillationTrainer, DistillCollator, DistillProgressCallback, LossWeights,
+                                     cache_teacher_logits, evaluate_student)
     from lean.models import load_config, load_tokenizer, manifest_hash, read_manifest, resolve_device, resolve_model
 
     device = resolve_device(config.device)
@@ -328,10 +341,7 @@ def _train(source: str, config: DistillConfig, out: Path, ckpt: Path, inherited)
 
     train = task.train.take(config.max_train_samples)
     validation, test = task.validation.take(config.max_eval_samples), task.test.take(config.max_eval_samples)
-    if kind == "classification":
-        train_data, val_data = TextDataset(tokenizer, train, config.max_length), TextDataset(tokenizer, validation, config.max_length)
-    else:
-        train_data, val_data = LMTextDataset(tokenizer, train.texts, config.max_length), LMTextDataset(tokenizer, validation.texts, config.max_length)
+    train_data, val_data = _datasets(kind, tokenizer, student, train, validation, config.max_length)
     collator = DistillCollator(tokenizer, causal=kind == "lm")
 
     args = _training_args(config, kind, ckpt, device)
@@ -381,9 +391,23 @@ def _train(source: str, config: DistillConfig, out: Path, ckpt: Path, inherited)
     return _report(source, config, kind, task, teacher, student, teacher_hash, (metrics, teacher_metrics, teacher_source),
                    (origin, layer_map, t_layers, s_layers), trainer, result, start_step, len(train), args.world_size, device)
 
+def _datasets(kind: str, tokenizer, student, train, validation, max_length: int):
+    """Tokenized train and validation sets: a classifier's keep the inputs the student takes (the teacher
+    is fed the same batch, less what it lacks); a causal LM's are token streams."""
+    from lean.distill_losses import LMTextDataset
+    from lean.metrics import TextDataset
+
+    if kind == "classification":
+        return (TextDataset(tokenizer, train, max_length, student),
+                TextDataset(tokenizer, validation, max_length, student))
+    return LMTextDataset(tokenizer, train.texts, max_length), LMTextDataset(tokenizer, validation.texts, max_length)
+
+
 def _prepare_student(teacher, tokenizer, kind: str, task, config: DistillConfig, attn):
     """The student, its layer map and origin, and which hidden states and attention maps the losses pair."""
     import torch
+
+    from lean.models import align_pad_token
 
     student, layer_map, origin = _student(teacher, tokenizer, kind, task, config, attn)
     hidden_pairs = [(0, 0)] + [(i + 1, t + 1) for i, t in enumerate(layer_map)]  # index 0: embeddings
@@ -392,8 +416,7 @@ def _prepare_student(teacher, tokenizer, kind: str, task, config: DistillConfig,
         # TinyBERT's learned W_h: student width -> teacher width, one per mapped hidden state
         student.lean_distill_projections = torch.nn.ModuleList(
             torch.nn.Linear(student.config.hidden_size, teacher.config.hidden_size) for _ in hidden_pairs)
-    if student.config.pad_token_id is None:
-        student.config.pad_token_id = tokenizer.pad_token_id
+    align_pad_token(student, tokenizer)
     return student, layer_map, origin, hidden_pairs, attention_pairs
 
 
@@ -532,3 +555,8 @@ def _student(teacher, tokenizer, kind: str, task, config: DistillConfig, attn: s
 
 def _count(model) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+from lean.callable_module import make_callable  # noqa: E402  (see lean/callable_module.py)
+
+make_callable(__name__)

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 from transformers import Trainer
 
 from lean.progress import RichProgressCallback
+from lean.metrics import forward_inputs
 
 
 @dataclass(frozen=True)
@@ -155,7 +156,7 @@ class DistillationTrainer(Trainer):
         teacher_out = None
         if cached is None:
             with torch.no_grad(), self.accelerator.autocast():
-                teacher_out = self.teacher(**inputs, output_hidden_states=w.needs_hidden_states,
+                teacher_out = self.teacher(**forward_inputs(self.teacher, inputs), output_hidden_states=w.needs_hidden_states,
                                            output_attentions=w.needs_attentions)
             teacher_logits = teacher_out.logits
         else:
@@ -294,8 +295,7 @@ def cache_teacher_logits(teacher, dataset, collator, device, batch_size: int) ->
         for i in range(0, len(dataset), max(batch_size, 32)):
             feats = dataset.features[i:i + max(batch_size, 32)]
             batch = collator([{k: v for k, v in f.items() if k != "labels"} for f in feats]).to(device)
-            logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                             **({"token_type_ids": batch["token_type_ids"]} if "token_type_ids" in batch else {})).logits
+            logits = teacher(**forward_inputs(teacher, batch)).logits
             for f, row in zip(feats, logits.float().cpu().tolist()):
                 f["teacher_logits"] = row
 

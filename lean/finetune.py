@@ -88,7 +88,7 @@ def run(source: str, config: FinetuneConfig, out: Path) -> dict[str, Any]:
 
     from lean.lineage import inherit
     from lean.metrics import TextDataset, classification_metrics, predict_logits
-    from lean.models import environment, load_config, load_model, load_tokenizer, resolve_device
+    from lean.models import environment, load_config, align_pad_token, load_model, load_tokenizer, resolve_device
     from lean.progress import RichProgressCallback
 
     device = resolve_device(config.device)
@@ -109,8 +109,7 @@ def run(source: str, config: FinetuneConfig, out: Path) -> dict[str, Any]:
     model = load_model(source, "classification", config.trust_remote_code, num_labels=task.num_labels,
                        id2label=id2label, label2id={v: k for k, v in id2label.items()},
                        ignore_mismatched_sizes=getattr(base_config, "num_labels", task.num_labels) != task.num_labels)
-    if model.config.pad_token_id is None:
-        model.config.pad_token_id = tokenizer.pad_token_id
+    align_pad_token(model, tokenizer)
     if config.lora:
         model = _with_lora(model, config)
 
@@ -130,8 +129,8 @@ def run(source: str, config: FinetuneConfig, out: Path) -> dict[str, Any]:
     trainer = Trainer(
         model=model,
         args=args,
-        train_dataset=TextDataset(tokenizer, train, config.max_length),
-        eval_dataset=TextDataset(tokenizer, validation, config.max_length),
+        train_dataset=TextDataset(tokenizer, train, config.max_length, model),
+        eval_dataset=TextDataset(tokenizer, validation, config.max_length, model),
         data_collator=_collator(tokenizer),
         compute_metrics=compute_metrics,
         callbacks=callbacks,
@@ -188,7 +187,7 @@ def _run_lm(source: str | None, config: FinetuneConfig, out: Path, task, device:
     """Causal LM training on a text corpus: from a named config (with a new tokenizer) or a given LM."""
     from transformers import DataCollatorForLanguageModeling, EarlyStoppingCallback, Trainer, set_seed
     from lean.lm import BlockDataset, model_from_init_config, perplexity, train_tokenizer
-    from lean.models import environment, load_model, load_tokenizer
+    from lean.models import align_pad_token, environment, load_model, load_tokenizer
     from lean.progress import RichProgressCallback
 
     set_seed(config.seed)
@@ -201,8 +200,7 @@ def _run_lm(source: str | None, config: FinetuneConfig, out: Path, task, device:
             raise LeanError("give a causal LM (directory, Hub id) or --init-config NAME to train one from scratch")
         tokenizer = load_tokenizer(source, config.trust_remote_code)
         model = load_model(source, "lm", config.trust_remote_code)
-    if model.config.pad_token_id is None:
-        model.config.pad_token_id = tokenizer.pad_token_id
+    align_pad_token(model, tokenizer)
     if config.lora:
         model = _with_lora(model, config, task_type="CAUSAL_LM")
     train = BlockDataset(tokenizer, train_texts, config.max_length)
@@ -250,3 +248,8 @@ def _collator(tokenizer):
     from transformers import DataCollatorWithPadding
 
     return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8)
+
+
+from lean.callable_module import make_callable  # noqa: E402  (see lean/callable_module.py)
+
+make_callable(__name__)

@@ -5,12 +5,28 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 
-class TextDataset:
-    """A torch-style dataset of tokenized texts with labels (tokenized once, padded by the collator)."""
+def forward_inputs(model, enc) -> dict[str, Any]:
+    """The tokenizer's outputs that the model's forward names as inputs: a WordPiece tokenizer gives
+    token_type_ids, which DistilBERT has no input for (transformers 4.57 raises on it, 5.x drops it in
+    **kwargs; either way it is not the model's input)."""
+    import inspect
 
-    def __init__(self, tokenizer, split, max_length: int):
+    if callable(getattr(model, "get_base_model", None)):  # a PEFT wrapper passes **kwargs on to its base model
+        model = model.get_base_model()
+    params = inspect.signature(model.forward).parameters
+    named = {n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    return {k: v for k, v in enc.items() if k in named}
+
+
+class TextDataset:
+    """A torch-style dataset of tokenized texts with labels (tokenized once, padded by the collator).
+
+    With `model`, only the inputs its forward takes are kept (see forward_inputs)."""
+
+    def __init__(self, tokenizer, split, max_length: int, model=None):
         enc = tokenizer(list(split.texts), truncation=True, max_length=max_length)
-        self.features = [{k: enc[k][i] for k in enc.keys()} | {"labels": split.labels[i]} for i in range(len(split.texts))]
+        keys = list(forward_inputs(model, enc)) if model is not None else list(enc.keys())
+        self.features = [{k: enc[k][i] for k in keys} | {"labels": split.labels[i]} for i in range(len(split.texts))]
 
     def __len__(self) -> int:
         return len(self.features)
@@ -29,7 +45,7 @@ def predict_logits(model, tokenizer, texts: Sequence[str], max_length: int, batc
         for i in range(0, len(texts), batch_size):
             enc = tokenizer(list(texts[i:i + batch_size]), truncation=True, max_length=max_length,
                             padding=True, return_tensors="pt").to(device)
-            outputs.append(model(**enc).logits.float().cpu())
+            outputs.append(model(**forward_inputs(model, enc)).logits.float().cpu())
     return torch.cat(outputs) if outputs else torch.empty(0)
 
 

@@ -139,6 +139,26 @@ def load_tokenizer(spec: str, trust_remote_code: bool = False):
     return tok
 
 
+def align_pad_token(model, tokenizer) -> None:
+    """Pad with a token the model has an embedding row for, in the tokenizer and in the config.
+
+    A tokenizer class may bring a default pad token of its own that the checkpoint's vocabulary lacks
+    (transformers 5's Qwen2 tokenizer adds <|endoftext|>): padding with it would index past the
+    embeddings, and a config naming it fails to load. Then the EOS (else UNK) token pads instead."""
+    rows = model.get_input_embeddings().num_embeddings
+
+    def fits(token_id) -> bool:
+        return isinstance(token_id, int) and 0 <= token_id < rows
+
+    if not fits(tokenizer.pad_token_id):
+        for token in (tokenizer.eos_token, tokenizer.unk_token):
+            if token is not None and fits(tokenizer.convert_tokens_to_ids(token)):
+                tokenizer.pad_token = token
+                break
+    if not fits(model.config.pad_token_id) and fits(tokenizer.pad_token_id):
+        model.config.pad_token_id = tokenizer.pad_token_id
+
+
 def load_model(spec: str, kind: str = "classification", trust_remote_code: bool = False, **kwargs):
     """Load a model for a task kind ('classification', 'lm' or 'base') from safetensors only."""
     from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification

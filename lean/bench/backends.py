@@ -107,7 +107,7 @@ class TorchBackend(Backend):
     def __init__(self, path: str, spec: dict[str, Any], task=None):
         import torch
 
-        from lean.models import load_tokenizer, read_manifest
+        from lean.models import align_pad_token, load_tokenizer, read_manifest
 
         load = spec.get("load") or {}
         trust = bool(spec.get("trust_remote_code"))  # only ever set by `lean bench --trust-remote-code`
@@ -136,6 +136,7 @@ class TorchBackend(Backend):
             self.model = use_lean_attention(self.model)
         self.model.eval()
         self.tokenizer = load_tokenizer(path, trust)
+        align_pad_token(self.model, self.tokenizer)
         config = self.model.config
         self.label_names = [config.id2label[i] for i in range(len(config.id2label))] if config.id2label else []
         self.max_positions = getattr(config, "max_position_embeddings", None)
@@ -145,9 +146,11 @@ class TorchBackend(Backend):
 
     def _encode(self, texts, max_length, pad_to=None):
         padding = "max_length" if pad_to else True
+        from lean.metrics import forward_inputs
+
         enc = self.tokenizer(list(texts), truncation=True, max_length=pad_to or max_length, padding=padding,
                              return_tensors="pt")
-        return {k: v.to(self.input_device) for k, v in enc.items()}
+        return {k: v.to(self.input_device) for k, v in forward_inputs(self.model, enc).items()}
 
     def logits(self, texts, max_length, batch_size):
         import numpy as np

@@ -22,3 +22,8 @@ from lean.export.validate import gate as _gate  # noqa: F401  (kept importable f
 
 __all__ = ["EXPORTER_CHOICES", "OPTIMIZE_LEVELS", "QUANTIZE_METHODS", "ExportConfig", "check_source", "export",
            "model_kind", "run"]
+
+
+from lean.callable_module import make_callable  # noqa: E402  (see lean/callable_module.py)
+
+make_callable(__name__)

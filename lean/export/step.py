@@ -60,7 +60,7 @@ def _load_task(path: str, config: ExportConfig):
 
 def run(source: str, config: ExportConfig, out: Path) -> dict[str, Any]:
     """The step: export, optimize, quantize, validate; leaves model.onnx + config + tokenizer in `out`."""
-    from lean.models import load_config, load_model, load_tokenizer, write_manifest
+    from lean.models import align_pad_token, load_config, load_model, load_tokenizer, write_manifest
 
     path = check_source(source)
     exporter = choose_exporter(config.exporter)
@@ -81,6 +81,7 @@ def run(source: str, config: ExportConfig, out: Path) -> dict[str, Any]:
         raise LeanError(f"the tokenizer of '{source}' has no pad, eos or unk token to pad batches with: "
                         "set tokenizer.pad_token and save it with the model")
     model = load_model(source, kind, config.trust_remote_code).eval()
+    align_pad_token(model, tokenizer)
     if task is not None and kind == "classification" and model.config.num_labels != task.num_labels:
         raise LeanError(f"'{source}' has {model.config.num_labels} labels but task '{task.describe().get('spec')}' has {task.num_labels}: "
                         "pass the --task the model was trained on, or none to check against PyTorch on sample texts")

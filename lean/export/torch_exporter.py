@@ -19,7 +19,7 @@ from lean.export.ort_tools import has_vnni
 # its attention, SkipLayerNorm and GELU patterns). A type missing here is refused before weights load.
 ENCODERS: dict[str, str] = {
     "bert": "bert", "roberta": "bert", "xlm-roberta": "bert", "distilbert": "bert", "electra": "bert",
-    "camembert": "bert", "albert": "bert", "mpnet": "bert",
+    "camembert": "bert", "albert": "bert", "mpnet": "bert", "deberta-v2": "bert",
 }
 MIN_OPSET = 18  # the dynamo exporter emits opset 18 and newer
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")

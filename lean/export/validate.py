@@ -67,18 +67,17 @@ def validate_classifier(model, tokenizer, onnx_model, texts: list[str], max_leng
 def _pytorch_logits(model, tokenizer, texts: list[str], max_length: int, batch_size: int = 32):
     """(N, num_labels) PyTorch logits, passing only the inputs the model's forward takes (a shared BERT
     tokenizer gives token_type_ids that DistilBERT has no use for)."""
-    import inspect
-
     import numpy as np
     import torch
 
-    takes = inspect.signature(model.forward).parameters
+    from lean.metrics import forward_inputs
+
     out = []
     with torch.inference_mode():
         for i in range(0, len(texts), batch_size):
             enc = tokenizer(texts[i:i + batch_size], truncation=True, max_length=max_length, padding=True,
                             return_tensors="pt")
-            out.append(model(**{k: v for k, v in enc.items() if k in takes}).logits.float().numpy())
+            out.append(model(**forward_inputs(model, enc)).logits.float().numpy())
     return np.concatenate(out)
 
 

@@ -31,14 +31,13 @@ def tensor_sqnr_db(reference, approximation) -> float:
 
 def calibration_batches(tokenizer, texts, max_length, device, model, batch_size: int = 8) -> list[dict]:
     """Tokenized calibration batches, keeping only the inputs the model's forward takes (Llama has no token_type_ids)."""
-    import inspect
+    from lean.metrics import forward_inputs
 
-    accepted = set(inspect.signature(model.forward).parameters)
     batches = []
     for i in range(0, len(texts), batch_size):
         chunk = list(texts[i:i + batch_size])
         enc = tokenizer(chunk, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
-        batches.append({"texts": chunk, "inputs": {k: v.to(device) for k, v in enc.items() if k in accepted}})
+        batches.append({"texts": chunk, "inputs": {k: v.to(device) for k, v in forward_inputs(model, enc).items()}})
     return batches
 
 

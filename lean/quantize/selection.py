@@ -62,7 +62,11 @@ def plan_layers(model, config, filter_fn: FilterFn | None = None) -> tuple[list[
     for name, module in layers.items():
         keep = name in tied or any(matches(name, k) for k in keys) or (filter_fn is not None and not filter_fn(module, name))
         (skipped if keep else quantized).append(name)
-    return quantized, skipped
+    # A saved bitsandbytes model reloads with transformers keeping every layer whose name contains a kept
+    # layer's name (4.57 matches substrings, 5.x suffixes): DistilBERT's pre_classifier beside its
+    # classifier. Keeping them here too makes the reloaded model the one that was measured.
+    shadowed = [n for n in quantized if any(k in n for k in skipped)]
+    return [n for n in quantized if n not in shadowed], skipped + shadowed
 
 
 def _tied_to_embedding(model, layers) -> set[str]:

@@ -69,7 +69,7 @@ class _Source:
 def _load_source(source: str, config: QuantizeStepConfig) -> _Source:
     import torch
 
-    from lean.models import load_config, load_model, load_tokenizer, read_manifest, resolve_device
+    from lean.models import align_pad_token, load_config, load_model, load_tokenizer, read_manifest, resolve_device
 
     qconfig = config.quantization
     resolved = check_source(source)
@@ -89,6 +89,7 @@ def _load_source(source: str, config: QuantizeStepConfig) -> _Source:
     tokenizer = load_tokenizer(resolved, config.trust_remote_code)
     with quiet_transformers():
         model = load_model(resolved, kind, config.trust_remote_code).eval().to(device)
+    align_pad_token(model, tokenizer)
     if kind == "lm":
         limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", max_length)
         max_length = min(max_length, limit)
