@@ -32,6 +32,12 @@ def classification_quality(backend: Backend, task, split, spec: dict[str, Any]) 
     mapping = label_mapping(backend.label_names, task.label_names)
     predicted = [mapping[p] if mapping else p for p in predicted]
     quality = classification_metrics(split.labels, predicted, task.label_names)
+    own = backend.label_names
+    if not mapping and len(own) == len(task.label_names) and list(own) != list(task.label_names):
+        # output i is the task's label i; the figures go under the model's own name for it (what lean predict
+        # and lean serve print), with the task's name beside
+        quality["per_class"] = {name: {**quality["per_class"][label], "task_label": label}
+                                for name, label in zip(own, task.label_names)}
     quality.update({"max_length": max_length if backend.truncates else None, "split": spec.get("split", "test"),
                     "split_seed": task.split_seed, "labels_matched_by": "name" if mapping else "index"})
     return quality
