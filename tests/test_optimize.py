@@ -277,6 +277,16 @@ def test_a_space_extends_the_builtin_one_adding_and_removing_entries():
         parse_space({"extends": "cpu"}, "x.yaml", device="cuda")
 
 
+def test_the_committed_tweet_sentiment_space_keeps_every_builtin_chain_sized_down():
+    tweets = load_space(Path(__file__).resolve().parents[1] / "benchmarks" / "spaces" / "tweet-sentiment.yaml")
+    builtin = load_space(None)
+    assert list(tweets.students) == list(builtin.students) and list(tweets.runtimes) == list(builtin.runtimes)
+    for name, student in tweets.students.items():
+        (step,) = student.steps
+        assert step.name == "distill" and step.options["max_train_samples"] == 2000, name
+    assert tweets.measure == {"max_eval_samples": 1000} and tweets.finetune["max_length"] == 64
+
+
 def test_a_base_model_needs_a_task_and_is_fine_tuned_first(tmp_path, space_file):
     from lean.optimize.run import resolve_teacher
 
