@@ -122,7 +122,8 @@ async def _load(state: ServerState, served: ServedModel, loader) -> None:
         log.error("model '%s' failed to load: %s", served.spec.name, served.error)
         return
     if served.model.kind == "classification":
-        max_length = min(config.max_length or served.model.max_length, served.model.max_length)
+        limit = served.model.max_length  # None: a model that reads whole texts (lean.runtime.tfidf)
+        max_length = min(config.max_length or limit, limit) if limit else (config.max_length or 0)
         served.batcher = Batcher(served.spec.name, served.model, served.executor, state.metrics,
                                  config.max_batch_size, config.max_wait_ms, config.max_queue, max_length,
                                  config.length_buckets, config.retry_after_s)
@@ -134,7 +135,8 @@ async def _load(state: ServerState, served: ServedModel, loader) -> None:
 def _warm_up(model, config: ServeConfig) -> None:
     """One full-length batch, so onnxruntime has planned its memory before the first real request."""
     if model.kind == "classification":
-        model.predict(["warm up " * model.max_length] * config.max_batch_size, batch_size=config.max_batch_size)
+        model.predict(["warm up " * (model.max_length or 128)] * config.max_batch_size,
+                      batch_size=config.max_batch_size)
     else:
         model.generate(["warm up"], max_new_tokens=2)
 

@@ -140,6 +140,11 @@ class Batcher:
     def _infer(self, texts: list[str]) -> list[dict[str, Any]]:
         t0 = time.perf_counter()
         model = self.model
+        if model.tokenizer is None:  # a linear model on whole texts (lean.runtime.tfidf): no tokens to pad
+            predictions = model.predict(texts)
+            self.metrics.batch_size.labels(self.name).observe(len(texts))
+            self.metrics.inference.labels(self.name).observe(time.perf_counter() - t0)
+            return predictions
         model.tokenizer.enable_truncation(self.max_length)  # counts the special tokens the post-processor adds
         try:
             encodings = model.tokenizer.encode_batch(texts)

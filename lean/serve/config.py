@@ -33,7 +33,9 @@ class ModelSpec:
             raise LeanError(f"model name '{name}' cannot be used in a URL: use letters, digits, '.', '_' or '-' "
                             "(give NAME=DIR to choose one)")
         directory = Path(path)
-        if not (directory / "model.onnx").is_file():
+        from lean.runtime.tfidf import is_tfidf_dir
+
+        if not (directory / "model.onnx").is_file() and not is_tfidf_dir(directory):
             raise LeanError(f"'{path}' is not an exported ONNX directory (no model.onnx): run lean export first")
         return cls(name=name, path=directory)
 

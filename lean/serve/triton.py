@@ -69,6 +69,9 @@ def write_triton_repository(model_dir: str | os.PathLike, repository: str | os.P
     if model.kind != "classification":
         raise LeanError(f"'{source}' is a causal LM: the Triton repository writer handles classifiers; "
                         "serve causal LMs with lean serve")
+    if model.tokenizer is None:
+        raise LeanError(f"'{source}' is a tfidf-logreg model, not ONNX: Triton's onnxruntime backend cannot run "
+                        "it; serve it with lean serve")
     name = config.name or source.resolve().name
     repo = Path(repository)
     names = [f"{name}_tokenizer", f"{name}_onnx", name]

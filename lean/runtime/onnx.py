@@ -1,13 +1,6 @@
-"""Deploy-time inference on an exported ONNX directory: onnxruntime + tokenizers + numpy, no torch.
+"""An exported ONNX directory (model.onnx + tokenizer.json + config.json): onnxruntime + tokenizers + numpy.
 
-    from lean.runtime import load
-    model = load("runs/teacher-onnx")                 # CUDA when there is a GPU, else CPU
-    model.predict(["Shares rose after the results."])
-    # [{"label": "business", "score": 0.97, "scores": {"business": 0.97, ...}}]
-    lm = load("runs/llama-onnx"); lm.generate(["The match"], max_new_tokens=20)
-
-This file imports nothing of lean (so it can be copied into a service on its own) and never
-torch or transformers; `lean predict` is a thin CLI over it. Tests: tests/test_runtime.py.
+lean.runtime.load returns an OnnxModel for such a directory. Tests: tests/test_runtime.py.
 """
 
 from __future__ import annotations
@@ -21,11 +14,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from lean.runtime.common import OnnxModelError, _check_texts, _first_line, _softmax
+
 MODEL_FILE = "model.onnx"
-
-
-class OnnxModelError(ValueError):
-    """An exported directory that cannot be used: the message says what was wrong and what to do."""
 
 
 def physical_cores() -> int:
@@ -67,13 +58,6 @@ def cuda_available() -> bool:
         return False
     count = ctypes.c_int(0)
     return cuda.cuInit(0) == 0 and cuda.cuDeviceGetCount(ctypes.byref(count)) == 0 and count.value > 0
-
-
-def load(path: str | os.PathLike, provider: str | None = None, threads: int | None = None,
-         session_config: dict[str, str] | None = None) -> "OnnxModel":
-    """Load an exported directory (model.onnx + tokenizer.json + config.json); `session_config` holds
-    onnxruntime session config entries (e.g. {"session.intra_op.allow_spinning": "0"})."""
-    return OnnxModel(path, provider=provider, threads=threads, session_config=session_config)
 
 
 class OnnxModel:
@@ -341,26 +325,3 @@ def _special_ids(path: Path, tokenizer, config: dict[str, Any]) -> tuple[int, in
     if pad is None:
         pad = eos if eos is not None else 0
     return int(pad), eos
-
-
-def _check_texts(texts: Sequence[str]) -> list[str]:
-    if isinstance(texts, str):
-        texts = [texts]
-    texts = list(texts)
-    if not texts:
-        raise OnnxModelError("no input texts: pass at least one text")
-    bad = [type(t).__name__ for t in texts if not isinstance(t, str)]
-    if bad:
-        raise OnnxModelError(f"inputs must be strings, got {bad[0]}")
-    return texts
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=-1, keepdims=True)
-
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0][:300] if lines else type(e).__name__
