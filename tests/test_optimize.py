@@ -277,6 +277,36 @@ def test_a_space_extends_the_builtin_one_adding_and_removing_entries():
         parse_space({"extends": "cpu"}, "x.yaml", device="cuda")
 
 
+def test_a_classical_model_fitted_on_the_task_is_a_candidate_and_may_be_chosen(teacher, space_file, tmp_path):
+    """tfidf-logreg is measured like any chain (no steps: fitted on the train split) and wins when it is the
+    fastest within the budget; it is never tried for a language-modelling task."""
+    space_file.write_text(SPACE.replace("costs: {distill: 100, export: 5, quantize: 2}",
+                                        "costs: {distill: 100, export: 5, quantize: 2, tfidf-logreg: 3}")
+                          + "classical:\n  tfidf-logreg: {description: the linear reference}\n")
+    space = load_space(space_file)
+    candidate = next(c for c in space.candidates() if c.name == "tfidf-logreg")
+    assert (candidate.kind, candidate.steps, candidate.probe_steps, candidate.cost) == ("tfidf-logreg", [], None, 3.0)
+    assert candidate.key() != next(c for c in space.candidates() if c.name == "teacher+onnx").key()
+    measure = FakeMeasure({**TABLE, "tfidf-logreg": (0.898, 0.899, 1.0)}, tmp_path)
+    summary, _ = run(teacher, space_file, tmp_path / "run", measure)
+    assert summary["chosen"] == "tfidf-logreg" and summary["met_budget"] is True
+    assert (tmp_path / "run" / "best" / "model.txt").read_text() == "tfidf-logreg"
+    # over the budget, it is measured and set aside like any candidate
+    measure = FakeMeasure({**TABLE, "tfidf-logreg": (0.70, 0.70, 1.0)}, tmp_path)
+    summary, _ = run(teacher, space_file, tmp_path / "run2", measure)
+    assert summary["chosen"] == "l2+onnx" and ("tfidf-logreg", "full") in measure.calls
+
+    from lean.optimize.run import availability
+
+    reason = availability("cpu", 4, lm=True)(candidate)
+    assert "language modelling" in reason and availability("cpu", 4)(candidate) is None
+    with pytest.raises(LeanError, match="unknown kind 'nope'"):
+        parse_space({"extends": "cpu", "classical": {"x": {"kind": "nope"}}}, "bad.yaml")
+    with pytest.raises(LeanError, match="cannot share a name"):
+        parse_space({"extends": "cpu", "classical": {"l3": {"kind": "tfidf-logreg"}}}, "bad.yaml")
+    assert "tfidf-logreg" in load_space(None, "cpu").classical
+
+
 def test_the_committed_tweet_sentiment_space_keeps_every_builtin_chain_sized_down():
     tweets = load_space(Path(__file__).resolve().parents[1] / "benchmarks" / "spaces" / "tweet-sentiment.yaml")
     builtin = load_space(None)

@@ -96,7 +96,7 @@ def test_figures_are_read_from_results_and_a_test_split_row_is_never_taken_for_v
 @pytest.mark.slow
 def test_end_to_end_on_a_tiny_model(tmp_path, tiny_bert_dir, bbc_csv, split_key):
     space_file = tmp_path / "space.json"  # JSON is YAML
-    space_file.write_text(json.dumps(SPACE))
+    space_file.write_text(json.dumps({**SPACE, "classical": {"tfidf-logreg": {}}}))
 
     def config(**options):
         return OptimizeConfig(model=str(tiny_bert_dir), task=str(bbc_csv), output=str(tmp_path / "run"),
@@ -106,13 +106,20 @@ def test_end_to_end_on_a_tiny_model(tmp_path, tiny_bert_dir, bbc_csv, split_key)
     lines: list[str] = []
     summary = optimize(config(), log=lines.append)
     trials = {t["name"]: t for t in json.loads((tmp_path / "run" / "trials.json").read_text())}
-    assert list(trials) == ["teacher", "teacher+sdpa", "teacher+int8"] and len(lines) == 3
+    assert list(trials) == ["teacher", "teacher+sdpa", "teacher+int8", "tfidf-logreg"] and len(lines) == 4
     teacher = trials["teacher"]
     assert teacher["status"] == "ok" and teacher["latency_ms"] > 0 and teacher["weights_bytes"] > 0
     assert teacher["validation"]["split"] == "validation" and teacher["test"]["split"] == "test"
     assert all(t["status"] == "ok" and t["passed"] for n, t in trials.items() if n != "teacher")
     assert trials["teacher+sdpa"]["steps_built"] == 0 and trials["teacher+int8"]["steps_built"] == 1
     assert trials["teacher+int8"]["weights_bytes"] < teacher["weights_bytes"]
+    # fitted on the train split once, then measured like the chains; it runs under lean.runtime as best/ would
+    tfidf = trials["tfidf-logreg"]
+    assert tfidf["chain"] == [] and tfidf["steps_built"] == 1 and tfidf["validation"]["n"] == teacher["validation"]["n"]
+    from lean.runtime import load
+
+    assert load(tfidf["model_dir"]).predict(["Shares rose after profits beat forecasts"])[0]["label"] in \
+        {"business", "entertainment", "politics", "sport", "tech"}
     chosen = trials[summary["chosen"]]
     fastest = min((t for n, t in trials.items() if n != "teacher"), key=lambda t: t["latency_ms"])
     assert chosen is fastest and summary["speedup"] == pytest.approx(teacher["latency_ms"] / chosen["latency_ms"], rel=1e-2)

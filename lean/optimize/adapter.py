@@ -19,7 +19,7 @@ from typing import Any
 
 from lean.errors import LeanError
 from lean.optimize.config import Target
-from lean.optimize.space import Candidate
+from lean.optimize.space import MODEL, Candidate
 from lean.optimize.trials import Figures
 
 VALIDATION, TEST = "candidate", "candidate@test"  # the variants of a full measurement's suite
@@ -52,6 +52,8 @@ class BenchMeasure:
         measure = {**self.DEFAULTS, **self.measure, "batch_sizes": [self.target.batch_size],
                    "seq_lengths": [self.target.seq_length], "threads": self.target.threads, "split": "validation"}
         variant = {"steps": candidate.chain(), "load": dict(candidate.load), "requires": list(candidate.requires)}
+        if candidate.kind != MODEL:  # fitted on the task's train split (tfidf-logreg): no steps, no load options
+            variant = {"kind": candidate.kind, "requires": list(candidate.requires)}
         variants = {VALIDATION: variant}
         if mode == "probe":
             measure["quality"] = False

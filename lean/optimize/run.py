@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from lean.errors import LeanError
 from lean.optimize.config import OptimizeConfig
-from lean.optimize.space import Candidate, Space, load_space
+from lean.optimize.space import MODEL, Candidate, Space, load_space
 from lean.optimize.strategy import MeasureFn, Search
 from lean.optimize.trials import TrialStore
 
@@ -101,10 +101,12 @@ def teacher_layers(model: str) -> int | None:
     return layers if isinstance(layers, int) else None
 
 
-def availability(device: str, layers: int | None = None) -> Callable[[Candidate], str | None]:
-    """Why a candidate cannot run here (a package it requires is missing, it needs CUDA, or its student
-    is no shallower than the teacher), or None."""
+def availability(device: str, layers: int | None = None, lm: bool = False) -> Callable[[Candidate], str | None]:
+    """Why a candidate cannot run here (a package it requires is missing, it needs CUDA, its student is no
+    shallower than the teacher, or it is a classifier fitted on labels a language-modelling task lacks), or None."""
     def reason(candidate: Candidate) -> str | None:
+        if lm and candidate.kind != MODEL:
+            return f"{candidate.kind} classifies: this task is language modelling"
         for step in candidate.steps:
             depth = step.options.get("student_layers") if step.name == "distill" else None
             if layers is not None and isinstance(depth, int) and depth >= layers:
@@ -156,7 +158,7 @@ def optimize(config: OptimizeConfig, measure: MeasureFn | None = None,
         reference = Candidate("teacher", "teacher", "reference", [], dict(space.reference.load), [], 0.0)
         search = Search(space.candidates(), reference, measure, config.budget, config.objective,
                         TrialStore(out / "trials.jsonl"), config.time_budget, config.max_trials, log,
-                        availability(config.target.device, teacher_layers(base)))
+                        availability(config.target.device, teacher_layers(base), config.budget.max_ppl_ratio is not None))
         outcome = search.run()
         shown = {k: settings[k] for k in ("budget", "objective", "target")}
         data = write_outputs(outcome, config.budget, config.objective, shown, out)

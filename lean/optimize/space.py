@@ -26,10 +26,12 @@ from lean.errors import LeanError
 
 SPACES_DIR = Path(__file__).with_name("spaces")
 SPACE_KEYS = {"name", "description", "extends", "device", "finetune", "reference", "probe", "costs", "measure",
-              "students", "runtimes"}
+              "students", "runtimes", "classical"}
 # measure keys a space may set (docs/bench.md); the target sets the cell and threads, the search the split
 TARGET_MEASURE_KEYS = {"batch_sizes", "seq_lengths", "threads", "split", "quality", "latency"}
 ENTRY_KEYS = {"steps", "load", "requires", "description"}
+CLASSICAL_KEYS = {"kind", "requires", "description"}
+MODEL = "model"  # the bench kind of a model directory built by steps (lean.bench.kinds.MODEL)
 TEACHER = "teacher"
 # a step not named in the space's costs: cheap (a quantization or an export takes seconds to a minute)
 DEFAULT_COST = 1.0
@@ -44,6 +46,7 @@ class Entry:
     load: dict[str, Any] = field(default_factory=dict)
     requires: list[str] = field(default_factory=list)
     description: str = ""
+    kind: str = MODEL  # a classical entry: the bench kind fitted on the task itself (tfidf-logreg)
 
 
 @dataclass
@@ -58,13 +61,15 @@ class Candidate:
     requires: list[str]
     cost: float  # relative build cost (the space's costs): cheap candidates are measured first
     probe_steps: list | None = None  # the same chain with an untrained student (latency, memory, size only)
+    kind: str = MODEL  # not a model: a classical kind fitted on the task's train split, no steps
 
     def chain(self) -> list[dict[str, Any]]:
         return [s.to_dict() for s in self.steps]
 
     def key(self) -> str:
-        """Identifies what is measured (steps and load), for resuming a run."""
-        payload = json.dumps({"steps": self.chain(), "load": self.load}, sort_keys=True, default=str)
+        """Identifies what is measured (steps and load, or the classical kind), for resuming a run."""
+        what = {"steps": self.chain(), "load": self.load} | ({"kind": self.kind} if self.kind != MODEL else {})
+        payload = json.dumps(what, sort_keys=True, default=str)
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
@@ -80,6 +85,7 @@ class Space:
     students: dict[str, Entry]
     runtimes: dict[str, Entry]
     file: str | None = None
+    classical: dict[str, Entry] = field(default_factory=dict)  # models fitted on the task itself, not the teacher
 
     def candidates(self) -> list[Candidate]:
         """Every chain of the space, cheapest first (ties in the file's order)."""
@@ -95,6 +101,9 @@ class Space:
                 cost = sum(float(self.costs.get(s.name, DEFAULT_COST)) for s in steps)
                 out.append(Candidate(f"{student}+{runtime.name}", student, runtime.name, steps, load, requires, cost,
                                      self._probe(steps)))
+        for name, entry in self.classical.items():
+            out.append(Candidate(name, name, entry.kind, [], {}, sorted(entry.requires),
+                                 float(self.costs.get(entry.kind, DEFAULT_COST)), kind=entry.kind))
         order = {c.name: i for i, c in enumerate(out)}
         return sorted(out, key=lambda c: (c.cost, order[c.name]))
 
@@ -113,7 +122,9 @@ class Space:
         return {"name": self.name, "file": self.file, "device": self.device, "finetune": self.finetune,
                 "reference": entry(self.reference), "probe": self.probe, "costs": self.costs, "measure": self.measure,
                 "students": {n: entry(e) for n, e in self.students.items()},
-                "runtimes": {n: entry(e) for n, e in self.runtimes.items()}}
+                "runtimes": {n: entry(e) for n, e in self.runtimes.items()},
+                "classical": {n: {"kind": e.kind, "requires": e.requires, "description": e.description}
+                              for n, e in self.classical.items()}}
 
 
 def _mapping(where: str, value: Any, known: set[str] | None = None) -> dict[str, Any]:
@@ -163,7 +174,7 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     """`extra` over `base`: students and runtimes entry by entry (null removes one), other keys replaced."""
     out = copy.deepcopy(base)
     for key, value in extra.items():
-        if key in ("students", "runtimes", "costs") and isinstance(value, dict):
+        if key in ("students", "runtimes", "classical", "costs") and isinstance(value, dict):
             merged = dict(out.get(key) or {})
             for name, entry in value.items():
                 if entry is None:
@@ -197,6 +208,22 @@ def _measure_keys() -> set[str]:
     return {f.name for f in dataclasses.fields(MeasureConfig)} - TARGET_MEASURE_KEYS
 
 
+def parse_classical(name: str, spec: Any, where: str) -> Entry:
+    """A model fitted on the task's train split by a bench kind (lean.bench.kinds), measured like a candidate."""
+    from lean.bench.kinds import KINDS
+
+    spec = _mapping(where, spec, CLASSICAL_KEYS)
+    kind = spec.get("kind", name)
+    if kind not in KINDS or KINDS[kind].takes_steps:
+        fitted = sorted(k for k, v in KINDS.items() if not v.takes_steps)
+        raise LeanError(f"{where}: unknown kind '{kind}'; the kinds fitted on the task are: {', '.join(fitted)}")
+    requires = spec.get("requires") or []
+    requires = [requires] if isinstance(requires, str) else requires
+    if not isinstance(requires, list) or not all(isinstance(r, str) for r in requires):
+        raise LeanError(f"{where}: requires must be a list of names (packages such as scikit-learn)")
+    return Entry(name, [], {}, list(requires), str(spec.get("description", "")), kind=kind)
+
+
 def builtin_spaces() -> list[str]:
     return sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
 
@@ -221,6 +248,11 @@ def parse_space(data: Any, file: str | None = None, device: str = "cpu") -> Spac
             raise LeanError(f"{where}: '{name}' cannot name a student (the name '{TEACHER}' and '+' are taken)")
         if not entry.steps:
             raise LeanError(f"{where} student '{name}' has no steps: give its distill step")
+    classical = {str(n): parse_classical(str(n), c, f"{where} classical '{n}'")
+                 for n, c in _mapping(f"{where} classical", data.get("classical")).items()}
+    taken = [n for n in classical if n in students or n == TEACHER or "+" in n]
+    if taken:
+        raise LeanError(f"{where}: classical '{taken[0]}' cannot share a name with a student, '{TEACHER}' or hold '+'")
     reference = parse_entry("reference", data.get("reference"), f"{where} reference")
     if reference.steps:
         raise LeanError(f"{where} reference takes no steps: it is the teacher itself, with load options")
@@ -241,8 +273,7 @@ def parse_space(data: Any, file: str | None = None, device: str = "cpu") -> Spac
     finetune = _mapping(f"{where} finetune", data.get("finetune"))
     return Space(name=str(data.get("name") or (Path(file).stem if file else "space")), device=space_device,
                  finetune=finetune, reference=reference, probe=probe, costs={k: float(v) for k, v in costs.items()},
-                 measure=measure,
-                 students=students, runtimes=runtimes, file=file)
+                 measure=measure, students=students, runtimes=runtimes, file=file, classical=classical)
 
 
 def load_space(path: str | Path | None = None, device: str = "cpu") -> Space:
