@@ -1,6 +1,7 @@
 """Load test of `lean serve` on loopback: concurrency sweep with batching on and off, the in-process
 onnxruntime limit, p99/p50 at half of peak, overload, and a soak at 80% of peak.
 
+    pip install -e ".[load]"          # lean serve and the aiohttp client
     python benchmarks/load/run_load.py MODEL_DIR -o benchmarks/results/<date>-cpu-serve-load
     python benchmarks/load/run_load.py MODEL_DIR -o /tmp/quick --quick        # ~1 min smoke run
 
