@@ -503,13 +503,15 @@ def optimize(
                             objective=objective, time_budget=time_budget, max_trials=max_trials,
                             space=str(space) if space else None, runs_dir=str(runs_dir), resume=resume,
                             overwrite=overwrite)
+    from lean.optimize.report import loss_text
+
     summary = run_optimize(config, log=lambda line: typer.echo(line, err=True))
     chosen = summary.get("chosen")
     if chosen is None:
         typer.echo("nothing could be measured: see the report", err=True)
     elif summary["met_budget"]:
         typer.echo(f"chosen: {chosen} (speedup {summary.get('speedup')}x over the teacher, "
-                   f"test loss {summary.get('test_loss')}); ready in {output}/best")
+                   f"on test {loss_text(summary.get('test_loss'), config.budget)} against it); ready in {output}/best")
     else:
         typer.echo(f"no candidate met the budget; the closest, {chosen}, is in {output}/best")
     typer.echo(f"wrote {output}/report.md, summary.json, trials.json, pareto.png")

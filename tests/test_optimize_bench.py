@@ -106,7 +106,8 @@ def test_end_to_end_on_a_tiny_model(tmp_path, tiny_bert_dir, bbc_csv, split_key)
     lines: list[str] = []
     summary = optimize(config(), log=lines.append)
     trials = {t["name"]: t for t in json.loads((tmp_path / "run" / "trials.json").read_text())}
-    assert list(trials) == ["teacher", "teacher+sdpa", "teacher+int8", "tfidf-logreg"] and len(lines) == 4
+    assert list(trials) == ["teacher", "teacher+sdpa", "teacher+int8", "tfidf-logreg"]
+    assert len(lines) == 5 and lines[0].startswith("teacher: measuring it first")  # then one line per trial
     teacher = trials["teacher"]
     assert teacher["status"] == "ok" and teacher["latency_ms"] > 0 and teacher["weights_bytes"] > 0
     assert teacher["validation"]["split"] == "validation" and teacher["test"]["split"] == "test"

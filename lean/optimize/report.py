@@ -35,12 +35,16 @@ def summary(outcome: Outcome, budget: Budget, objective: str, settings: dict[str
             "throughput_ratio": _ratio(chosen.throughput_sps, ref.throughput_sps),
             "memory_ratio": _ratio(chosen.peak_memory_mb, ref.peak_memory_mb),
             "weights_ratio": _ratio(chosen.weights_bytes, ref.weights_bytes),
-            "validation_loss": chosen.loss, "test_loss": chosen.test_loss,
+            "validation_loss": _round(chosen.loss), "test_loss": _round(chosen.test_loss),
             # test accuracy points below the teacher (reported, never used to choose)
-            "accuracy_drop": round(chosen.test_loss, 4) if points and chosen.test_loss is not None else None,
-            "validation_accuracy_drop": round(chosen.loss, 4) if points and chosen.loss is not None else None,
+            "accuracy_drop": _round(chosen.test_loss) if points else None,
+            "validation_accuracy_drop": _round(chosen.loss) if points else None,
         })
     return out
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
 
 
 def _figures(t: Trial) -> dict[str, Any]:
@@ -68,12 +72,13 @@ def to_markdown(outcome: Outcome, data: dict[str, Any], budget: Budget) -> str:
                   f"budget ({budget.describe()}) on the validation split. It is in `best/`.", ""]
     else:
         lines += [f"**No candidate met the budget** ({budget.describe()}) on the validation split. The closest one, "
-                  f"`{chosen.name}` (validation {_loss(chosen.loss, budget)}), is kept in `best/` anyway: "
+                  f"`{chosen.name}` (validation {loss_text(chosen.loss, budget)}), is kept in `best/` anyway: "
                   "check it before deploying it, or widen the budget.", ""]
     target = data["settings"]["target"]
     lines += [f"Stopped because {outcome.stop_reason}. Objective: {data['objective']}, measured on {target['device']} "
               f"at batch {target['batch_size']} x {target['seq_length']} tokens, "
-              f"{target['threads'] or 'one per physical core'} threads.", ""]
+              f"{target['threads'] or 'one'} thread{'s' if (target['threads'] or 1) > 1 else ''}"
+              f"{'' if target['threads'] else ' per physical core'}.", ""]
     if chosen is not None:
         lines += ["| | teacher | chosen |", "| --- | --- | --- |",
                   f"| validation {metric} | {_fmt(ref.validation.get(metric))} | {_fmt(chosen.validation.get(metric))} |",
@@ -92,8 +97,8 @@ def to_markdown(outcome: Outcome, data: dict[str, Any], budget: Budget) -> str:
         mark = " **(chosen)**" if chosen is not None and t is chosen else ""
         note = t.reason or (t.error or "")[:120] + (" (resumed)" if t.resumed else "")
         lines.append(f"| {t.name}{mark} | {t.kind} | {t.status} | {_fmt(t.validation.get(metric))} | "
-                     f"{_loss(t.loss, budget) if t.kind == 'candidate' else '-'} | {_fmt(t.test.get(metric))} | "
-                     f"{_loss(t.test_loss, budget) if t.kind == 'candidate' else '-'} | "
+                     f"{loss_text(t.loss, budget) if t.kind == 'candidate' else '-'} | {_fmt(t.test.get(metric))} | "
+                     f"{loss_text(t.test_loss, budget) if t.kind == 'candidate' else '-'} | "
                      f"{_fmt(t.latency_ms)} | {_fmt(t.throughput_sps)} | {_fmt(t.peak_memory_mb)} | "
                      f"{_mib(t.weights_bytes)} | {_fmt(t.build_s)} | {note.replace('|', '/')} |")
     lines += ["", "Chains (steps from the teacher) are in trials.json; each measurement's `lean bench` run is "
@@ -103,7 +108,8 @@ def to_markdown(outcome: Outcome, data: dict[str, Any], budget: Budget) -> str:
     return "\n".join(lines)
 
 
-def _loss(loss: float | None, budget: Budget) -> str:
+def loss_text(loss: float | None, budget: Budget) -> str:
+    """A trial's loss against the teacher as the report prints it: '-0.45 pt', '+1.20 %' or 'x1.030'."""
     if loss is None:
         return "-"
     if budget.metric == "perplexity":

@@ -158,8 +158,11 @@ class Search:
         if best is not None and candidate.probe_steps and not self._student_trained(candidate):
             probe = self._run(candidate, "probe", "probe")
             self.log(self.line(probe))
+            if probe.status != "ok":  # the same chain with an untrained student: a trained one fails there too
+                error = (probe.error or "").strip().splitlines()[0][:160] if probe.error else "no reason given"
+                return self._skip(candidate, "pruned", f"its untrained probe {probe.status}: {error}")
             cost, bound = self.cost(probe), self.cost(best)
-            if probe.status == "ok" and cost is not None and cost >= bound + abs(bound) * PRUNE_MARGIN:
+            if cost is not None and cost >= bound + abs(bound) * PRUNE_MARGIN:
                 return self._skip(candidate, "pruned", f"its untrained probe ({self._value(probe)}) cannot beat "
                                                        f"{best.name} ({self._value(best)})")
             if self.deadline is not None and self.clock() >= self.deadline:  # no distillation past the budget
@@ -171,6 +174,9 @@ class Search:
     def run(self) -> Outcome:
         from lean.errors import LeanError
 
+        if self.store.measured("reference", self.reference.key()) is None:
+            self.log(f"{self.reference.name}: measuring it first (a base model given instead of a teacher is "
+                     "fine-tuned before that, which takes minutes); then one line per trial as it ends")
         self.ref = self._run(self.reference, "full", "reference")
         if self.ref.status != "ok" or self.budget.loss(self.ref.validation, self.ref.validation) is None:
             raise LeanError(f"the teacher could not be measured ({self.ref.status}: {self.ref.error or 'no ' + self.budget.metric}), "
