@@ -159,7 +159,7 @@ class Search:
             probe = self._run(candidate, "probe", "probe")
             self.log(self.line(probe))
             if probe.status != "ok":  # the same chain with an untrained student: a trained one fails there too
-                error = (probe.error or "").strip().splitlines()[0][:160] if probe.error else "no reason given"
+                error = next(iter((probe.error or "").strip().splitlines()), "no reason given")[:160]
                 return self._skip(candidate, "pruned", f"its untrained probe {probe.status}: {error}")
             cost, bound = self.cost(probe), self.cost(best)
             if cost is not None and cost >= bound + abs(bound) * PRUNE_MARGIN:
