@@ -38,18 +38,20 @@ def test_wait_until_idle_waits_for_a_spinning_process_to_stop():
 
     from lean.bench.launcher import process_cpu_ns, wait_until_idle
 
-    spin = "import time\nend = time.perf_counter() + 0.4\nwhile time.perf_counter() < end: pass\ntime.sleep(30)"
-    started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", spin])
+    # the spinner says when its loop starts (a loaded CI machine can take long to start an interpreter)
+    spin = ("import time\nprint('spinning', flush=True)\nend = time.perf_counter() + 0.4\n"
+            "while time.perf_counter() < end: pass\ntime.sleep(30)")
+    proc = subprocess.Popen([sys.executable, "-c", spin], stdout=subprocess.PIPE, text=True)
     try:
-        time.sleep(0.1)  # started and spinning
+        assert proc.stdout.readline().strip() == "spinning"
+        started = time.perf_counter()
         assert process_cpu_ns(proc.pid) > 0
-        waited = wait_until_idle(proc.pid, max_s=5.0)
-        assert 0.15 < waited < 3.0  # the spinning lasted ~0.4 s from the start
-        # on a busy VM the spinner can go unscheduled for a window and look idle early: let its 0.4 s
-        # (counted once its interpreter is up) surely end before asking again
-        time.sleep(max(0.0, started + 1.5 - time.perf_counter()))
-        assert wait_until_idle(proc.pid) < 0.05  # idle now: one window
+        # 50 ms windows: with two test workers on two cores the spinner can go unscheduled for a few
+        # milliseconds, but not for most of 50 ms
+        waited = wait_until_idle(proc.pid, window_s=0.05, max_s=5.0)
+        assert 0.15 < waited < 3.0  # the spinning lasts 0.4 s from its first line
+        time.sleep(max(0.0, started + 1.0 - time.perf_counter()))
+        assert wait_until_idle(proc.pid, window_s=0.05) < 0.5  # idle now: one window
     finally:
         proc.kill()
         proc.wait()
