@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lean.errors import LeanError
+from lean.errors import LeanError, first_line
 
 BUILTIN_TASKS = {
     "bbc-news": "BBC News articles, 5 classes (business, entertainment, politics, sport, tech)",
@@ -177,7 +177,7 @@ def _read_table(path: Path) -> list[dict[str, Any]]:
     except (ValueError, OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
         if isinstance(e, pd.errors.EmptyDataError):
             raise LeanError(f"task file '{path}' is empty: it needs a header and at least one row per class") from None
-        raise LeanError(f"cannot read task file '{path}': {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise LeanError(f"cannot read task file '{path}': {first_line(e)}") from None
     return frame.to_dict("records") if len(frame.columns) else []
 
 
@@ -242,7 +242,7 @@ def _from_datasets_dir(path: Path, text_column, label_column, split_seed, record
     try:
         ds = datasets.load_from_disk(str(path))
     except (FileNotFoundError, ValueError) as e:
-        raise LeanError(f"cannot load the datasets directory '{path}': {str(e).splitlines()[0]}") from None
+        raise LeanError(f"cannot load the datasets directory '{path}': {first_line(e)}") from None
     return _from_hf(ds, str(path), text_column, label_column, split_seed, record)
 
 
@@ -252,7 +252,7 @@ def _from_hub(name, text_column, label_column, split_seed, record) -> Task:
     try:
         ds = datasets.load_dataset(name)
     except Exception as e:  # the Hub raises many types; all mean "cannot get it"
-        raise LeanError(f"cannot load the dataset '{name}' from the Hub: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise LeanError(f"cannot load the dataset '{name}' from the Hub: {first_line(e)}") from None
     return _from_hf(ds, name, text_column, label_column, split_seed, record)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from lean import checks
-from lean.errors import LeanError
+from lean.errors import LeanError, first_line
 
 
 @dataclass
@@ -241,7 +241,7 @@ def _with_lora(model, config: FinetuneConfig, task_type: str = "SEQ_CLS"):
     try:
         return get_peft_model(model, lora)
     except ValueError as e:
-        raise LeanError(f"--lora cannot wrap this architecture: {str(e).splitlines()[0]}") from None
+        raise LeanError(f"--lora cannot wrap this architecture: {first_line(e)}") from None
 
 
 def _collator(tokenizer):

@@ -17,7 +17,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from lean.errors import LeanError
+from lean.errors import LeanError, first_line
 
 MANIFEST = "lean.json"
 
@@ -79,7 +79,7 @@ def _check_json_object(file: Path) -> None:
     try:
         value = json.loads(file.read_bytes().decode("utf-8"))
     except (ValueError, RecursionError) as e:
-        raise LeanError(f"{file} is not valid JSON ({_first_line(e)}): restore the model's config.json") from None
+        raise LeanError(f"{file} is not valid JSON ({first_line(e)}): restore the model's config.json") from None
     except OSError as e:
         raise LeanError(f"cannot read {file}: {e.strerror or e}") from None
     if not isinstance(value, dict):
@@ -183,13 +183,7 @@ def _load_error(spec: str, what: str, e: BaseException) -> LeanError:
     if "custom code" in text or "trust_remote_code" in text:
         return LeanError(f"'{spec}' ships its own Python code (auto_map in its config.json): lean runs it only with "
                          "the command-line flag --trust-remote-code, after you have read that code")
-    return LeanError(f"cannot load {what} '{spec}': {_first_line(e)}")
-
-
-def _first_line(e: BaseException) -> str:
-    """The first non-blank line of an exception's message (libraries put the reason there), else its type."""
-    text = [line for line in str(e).strip().splitlines() if line.strip()]
-    return text[0] if text else type(e).__name__
+    return LeanError(f"cannot load {what} '{spec}': {first_line(e)}")
 
 
 # ---- manifests -------------------------------------------------------------------------------
@@ -205,7 +199,7 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     try:
         manifest = json.loads(file.read_bytes().decode("utf-8"))
     except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
-        raise LeanError(f"{file} is not valid JSON ({_first_line(e)}): restore it, or remake the directory with lean") from None
+        raise LeanError(f"{file} is not valid JSON ({first_line(e)}): restore it, or remake the directory with lean") from None
     except OSError as e:
         raise LeanError(f"cannot read {file}: {e.strerror or e}") from None
     if not isinstance(manifest, dict):

@@ -313,3 +313,14 @@ def test_10_ctrl_c_says_interrupted(in_world, monkeypatch):
     monkeypatch.setattr(importlib.import_module("lean.finetune"), "finetune", interrupted)
     res = invoke("finetune", "runs/teacher", "--task", "task.csv", "-o", "x")
     assert res.returncode == 130 and res.stderr.strip() == "interrupted" and "Traceback" not in res.stderr
+
+
+def test_first_line_gives_the_reason_and_never_fails_on_a_blank_message():
+    # every "cannot ...: <reason>" refusal takes its reason from here, inside an except block
+    from lean.errors import first_line
+
+    assert first_line(ValueError("\n  \nbad header\nTraceback line")) == "bad header"
+    assert first_line(RuntimeError()) == "RuntimeError"
+    assert first_line(OSError("   ")) == "OSError"
+    assert first_line(ValueError("x" * 1000)) == "x" * 300
+    assert first_line(ValueError("x" * 1000), limit=20) == "x" * 20

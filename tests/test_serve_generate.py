@@ -74,3 +74,35 @@ def test_streamed_and_whole_generations_equal_lean_predict(onnx_llama):
     assert {why: r.status_code for why, r in bad.items()} == {why: 422 for why in bad}
     assert bad["over max_new_tokens"].json()["error"]["limit"]["name"] == "max_new_tokens"
     assert "lean_generated_tokens_total" in metrics
+
+
+@pytest.mark.optimum  # the exported causal LM needs optimum-onnx
+def test_a_failing_generation_answers_its_error_and_the_model_keeps_serving(onnx_llama, monkeypatch):
+    # an exception without a message (it once raised IndexError on the model's thread and the request hung)
+    import lean.serve.generate as generate
+    from lean.serve import ServeConfig, build_app
+
+    working = generate.stream_ids
+    calls = []
+
+    def fails_once(*args):
+        calls.append(1)
+        if len(calls) <= 2:
+            raise RuntimeError()
+        return working(*args)
+
+    monkeypatch.setattr(generate, "stream_ids", fails_once)
+
+    async def main():
+        async with running(build_app(ServeConfig(models=[f"lm={onnx_llama}"]))) as client:
+            ask = {"prompt": PROMPTS[0], "max_new_tokens": 4}
+            whole = await asyncio.wait_for(client.post("/v1/models/lm/generate", json={**ask, "stream": False}), 60)
+            streamed = await asyncio.wait_for(client.post("/v1/models/lm/generate", json=ask), 60)
+            after = await asyncio.wait_for(client.post("/v1/models/lm/generate", json={**ask, "stream": False}), 60)
+            return whole, streamed, after
+
+    whole, streamed, after = asyncio.run(main())
+    assert whole.status_code == 500
+    assert whole.json()["error"] == {"type": "generation_failed", "message": "RuntimeError"}
+    assert parse_sse(streamed.text)[-1] == ("error", {"message": "RuntimeError"})
+    assert after.status_code == 200 and after.json()["tokens"] > 0

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from lean.errors import LeanError
+from lean.errors import LeanError, first_line
 from lean.export.ort_tools import has_vnni, session_inputs
 
 OPTIMUM_TASKS = {"classification": "text-classification", "lm": "text-generation-with-past"}
@@ -35,7 +35,7 @@ def export_fp32(model, kind: str, config, example, out: Path) -> dict[str, Any]:
         try:
             onnx_export_from_model(model, out, task=OPTIMUM_TASKS[kind], opset=config.opset, do_validation=False)
         except ValueError as e:
-            raise LeanError(f"optimum cannot export this model: {str(e).strip().splitlines()[0]}") from None
+            raise LeanError(f"optimum cannot export this model: {first_line(e)}") from None
     return {"optimum_task": OPTIMUM_TASKS[kind]}
 
 
@@ -59,7 +59,7 @@ def optimize(onnx_dir: Path, config, model_type: str, out: Path) -> None:
         ORTOptimizer.from_pretrained(onnx_dir).optimize(opt_config, out, file_suffix=None)
     except (NotImplementedError, KeyError, RuntimeError) as e:
         raise LeanError(f"onnxruntime could not optimize this model at {config.optimize or 'fp16'}: "
-                        f"{str(e).strip().splitlines()[0]}") from None
+                        f"{first_line(e)}") from None
 
 
 def quantize(onnx_dir: Path, config, calibration_feed: dict | None, out: Path) -> dict[str, Any] | None:

@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from lean.errors import LeanError
+from lean.errors import LeanError, first_line
 from lean.export.ort_tools import has_vnni
 
 # model_type -> the model type onnxruntime's transformer optimizer fuses it as (the BERT family shares
@@ -80,7 +80,7 @@ def export_fp32(model, kind: str, config, example: dict, out: Path) -> dict[str,
                               dynamic_shapes={n: {0: batch, 1: sequence} for n in names}, external_data=external,
                               verbose=False)
         except Exception as e:  # torch.export raises many types (TorchExportError, UserError, ...)
-            raise LeanError(f"torch.onnx could not export this model: {_first_line(e)} (try --exporter optimum)") from None
+            raise LeanError(f"torch.onnx could not export this model: {first_line(e)} (try --exporter optimum)") from None
     model.config.save_pretrained(out)
     return {"inputs": names, "dynamic_axes": {"batch": 0, "sequence": 1}}
 
@@ -104,7 +104,7 @@ def optimize(onnx_dir: Path, config, model_type: str, out: Path) -> dict[str, An
                 optimized.convert_float_to_float16(keep_io_types=True)
         except Exception as e:  # the optimizer raises bare exceptions from its pattern matchers
             raise LeanError(f"onnxruntime could not optimize this model at {config.optimize or 'fp16'}: "
-                            f"{_first_line(e)}") from None
+                            f"{first_line(e)}") from None
         out.mkdir(parents=True, exist_ok=True)
         optimized.save_model_to_file(str(out / "model.onnx"))
     carry_files(onnx_dir, out)
@@ -140,7 +140,7 @@ def quantize(onnx_dir: Path, config, calibration_feed: dict | None, out: Path) -
                 quantize_dynamic(source, target, op_types_to_quantize=ops, per_channel=config.per_channel,
                                  reduce_range=reduce_range, weight_type=QuantType.QInt8, extra_options=extra)
         except Exception as e:  # onnxruntime's quantizer raises bare exceptions
-            raise LeanError(f"onnxruntime could not quantize this model ({config.quantize}): {_first_line(e)}") from None
+            raise LeanError(f"onnxruntime could not quantize this model ({config.quantize}): {first_line(e)}") from None
     carry_files(onnx_dir, out)
     return {"is_static": static, "format": "QDQ" if static else "QOperator", "weights_dtype": "QInt8",
             "activations_dtype": "QUInt8", "per_channel": config.per_channel, "reduce_range": reduce_range,
@@ -183,10 +183,3 @@ class _quiet:
     def __exit__(self, *exc):
         self.root.setLevel(self.level)
         self.torch_onnx.setLevel(self.torch_level)
-
-
-def _first_line(e: BaseException) -> str:
-    """lean.models' first line of the message, capped: torch.onnx's can run to whole graphs."""
-    from lean.models import _first_line as first_line
-
-    return first_line(e)[:300]

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lean.errors import LeanError
+from lean.errors import LeanError, first_line
 from lean.quantize.bnb import import_bitsandbytes, silence_known_notices, use_generic_bnb_cpu_kernel
 from lean.quantize.configs import QuantConfig, check_device, method_config_from_dict
 from lean.quantize.handlers import check_dynamic_engine, dynamic_layer_tensors, quiet_torch_ao
@@ -95,7 +95,7 @@ def saved_info(path: str | Path) -> dict[str, Any] | None:
             with safe_open(str(path / DYNAMIC_WEIGHTS), "pt") as f:
                 return json.loads((f.metadata() or {})["lean_quantization"])
         except Exception as e:  # safetensors raises its own error types for a truncated file
-            raise LeanError(f"'{path / DYNAMIC_WEIGHTS}' is not a readable lean quantized file: {str(e).splitlines()[0]}") from None
+            raise LeanError(f"'{path / DYNAMIC_WEIGHTS}' is not a readable lean quantized file: {first_line(e)}") from None
     return _read_json(path / QUANTIZATION_FILE) or None
 
 
@@ -186,7 +186,7 @@ def _load_bnb(path, config, device):
         use_generic_bnb_cpu_kernel(model)
         return model
     except (OSError, ValueError) as e:
-        raise LeanError(f"cannot load the quantized model '{path}': {str(e).strip().splitlines()[0]}") from None
+        raise LeanError(f"cannot load the quantized model '{path}': {first_line(e)}") from None
 
 
 def _no_init_weights():

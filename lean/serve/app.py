@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from lean.errors import first_line
 from lean.serve.config import ModelSpec, ServeConfig
 from lean.serve.errors import ServeError
 from lean.serve.metrics import ServeMetrics
@@ -118,7 +119,7 @@ async def _load(state: ServerState, served: ServedModel, loader) -> None:
         served.model = await loop.run_in_executor(served.executor, loader, served.spec, config)
         await loop.run_in_executor(served.executor, _warm_up, served.model, config)
     except Exception as e:  # a broken directory fails this model's readiness, not the server
-        served.state, served.error = "failed", str(e).splitlines()[0] if str(e) else type(e).__name__
+        served.state, served.error = "failed", first_line(e)
         log.error("model '%s' failed to load: %s", served.spec.name, served.error)
         return
     if served.model.kind == "classification":

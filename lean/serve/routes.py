@@ -9,6 +9,7 @@ from typing import Optional
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
+from lean.errors import first_line
 from lean.serve.errors import ServeError, limit_error
 
 
@@ -73,8 +74,7 @@ def add_routes(app, state) -> None:
         except ServeError:
             raise
         except Exception as e:  # this request alone failed in the model; the batch's others were answered
-            first = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
-            raise ServeError(500, "inference_failed", f"model '{name}' failed on this request: {first}") from None
+            raise ServeError(500, "inference_failed", f"model '{name}' failed on this request: {first_line(e)}") from None
         return {"model": name, "predictions": predictions}
 
     @app.post("/v1/models/{name}/generate", summary="Continue a prompt (server-sent events when stream is true)")
@@ -147,7 +147,7 @@ async def _generation_events(state, served, request: GenerateRequest):
                     "finish_reason": reason, "tokens": count}
             loop.call_soon_threadsafe(queue.put_nowait, ("done", done))
         except Exception as e:  # this request fails alone; the model's thread keeps serving
-            loop.call_soon_threadsafe(queue.put_nowait, ("error", {"message": str(e).splitlines()[0][:300]}))
+            loop.call_soon_threadsafe(queue.put_nowait, ("error", {"message": first_line(e)}))
 
     served.generations_waiting += 1
     job = loop.run_in_executor(served.executor, work)
