@@ -51,7 +51,7 @@ def test_sigterm_stops_accepting_drains_in_flight_requests_and_exits_0(onnx_bert
     base = f"http://127.0.0.1:{port}"
     # a long max-wait keeps the requests queued in the server when the signal arrives
     server = subprocess.Popen([sys.executable, "-m", "lean.cli", "serve", f"bert={onnx_bert}", "--port", str(port),
-                               "--max-wait-ms", "1500", "--max-batch-size", "64"],
+                               "--max-wait-ms", "5000", "--max-batch-size", "64"],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 120
@@ -73,7 +73,11 @@ def test_sigterm_stops_accepting_drains_in_flight_requests_and_exits_0(onnx_bert
         threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(answers))]
         for t in threads:
             t.start()
-        time.sleep(0.5)  # all six are in the server's queue, waiting for their batch
+        # all six are in the server's queue, waiting for their batch (a loaded machine can take a while)
+        queued = 'lean_queue_depth{model="bert"} 6.0'
+        while queued not in urllib.request.urlopen(f"{base}/metrics", timeout=5).read().decode():
+            assert time.monotonic() < deadline, "the six requests never all reached the queue"
+            time.sleep(0.02)
         sent = time.monotonic()
         server.send_signal(signal.SIGTERM)
         time.sleep(0.3)
