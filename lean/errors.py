@@ -7,8 +7,11 @@ class LeanError(Exception):
     exit_code = 2
 
 
-def first_line(error: BaseException, limit: int = 300) -> str:
-    """The first non-blank line of an exception's message (libraries put the reason there), at most
-    `limit` characters (torch.onnx's can run to whole graphs); the exception's type name when it has none."""
-    lines = [line for line in str(error).strip().splitlines() if line.strip()]
-    return lines[0][:limit] if lines else type(error).__name__
+def first_line(error: BaseException | str | None, limit: int = 300) -> str:
+    """The first non-blank line of an exception's message or of an error text (libraries put the reason
+    there), at most `limit` characters (torch.onnx's can run to whole graphs); when there is none, the
+    exception's type name, or "no reason given" for a text."""
+    lines = [line for line in str(error or "").strip().splitlines() if line.strip()]
+    if lines:
+        return lines[0][:limit]
+    return type(error).__name__ if isinstance(error, BaseException) else "no reason given"

@@ -85,13 +85,13 @@ def test_a_failing_generation_answers_its_error_and_the_model_keeps_serving(onnx
     working = generate.stream_ids
     calls = []
 
-    def fails_once(*args):
+    def fails_twice(*args):
         calls.append(1)
         if len(calls) <= 2:
             raise RuntimeError()
         return working(*args)
 
-    monkeypatch.setattr(generate, "stream_ids", fails_once)
+    monkeypatch.setattr(generate, "stream_ids", fails_twice)
 
     async def main():
         async with running(build_app(ServeConfig(models=[f"lm={onnx_llama}"]))) as client:

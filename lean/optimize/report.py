@@ -43,6 +43,12 @@ def summary(outcome: Outcome, budget: Budget, objective: str, settings: dict[str
     return out
 
 
+def _threads(threads: int | None) -> str:
+    if not threads:
+        return "one thread per physical core"
+    return f"{threads} thread{'s' if threads > 1 else ''}"
+
+
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
 
@@ -77,8 +83,7 @@ def to_markdown(outcome: Outcome, data: dict[str, Any], budget: Budget) -> str:
     target = data["settings"]["target"]
     lines += [f"Stopped because {outcome.stop_reason}. Objective: {data['objective']}, measured on {target['device']} "
               f"at batch {target['batch_size']} x {target['seq_length']} tokens, "
-              f"{target['threads'] or 'one'} thread{'s' if (target['threads'] or 1) > 1 else ''}"
-              f"{'' if target['threads'] else ' per physical core'}.", ""]
+              f"{_threads(target['threads'])}.", ""]
     if chosen is not None:
         lines += ["| | teacher | chosen |", "| --- | --- | --- |",
                   f"| validation {metric} | {_fmt(ref.validation.get(metric))} | {_fmt(chosen.validation.get(metric))} |",

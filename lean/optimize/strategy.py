@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from lean.errors import LeanError, first_line
 from lean.optimize.config import OBJECTIVES, Budget
 from lean.optimize.space import TEACHER, Candidate
 from lean.optimize.trials import Figures, Trial, TrialStore
@@ -159,8 +160,7 @@ class Search:
             probe = self._run(candidate, "probe", "probe")
             self.log(self.line(probe))
             if probe.status != "ok":  # the same chain with an untrained student: a trained one fails there too
-                error = next(iter((probe.error or "").strip().splitlines()), "no reason given")[:160]
-                return self._skip(candidate, "pruned", f"its untrained probe {probe.status}: {error}")
+                return self._skip(candidate, "pruned", f"its untrained probe {probe.status}: {first_line(probe.error, 160)}")
             cost, bound = self.cost(probe), self.cost(best)
             if cost is not None and cost >= bound + abs(bound) * PRUNE_MARGIN:
                 return self._skip(candidate, "pruned", f"its untrained probe ({self._value(probe)}) cannot beat "
@@ -172,8 +172,6 @@ class Search:
     # ---- the run -----------------------------------------------------------------------------------
 
     def run(self) -> Outcome:
-        from lean.errors import LeanError
-
         if self.store.measured("reference", self.reference.key()) is None:
             self.log(f"{self.reference.name}: measuring it first (a base model given instead of a teacher is "
                      "fine-tuned before that, which takes minutes); then one line per trial as it ends")
