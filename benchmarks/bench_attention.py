@@ -33,6 +33,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from lean.errors import first_line
+
 NEEDS_CUDA = "the attention benchmark needs a CUDA GPU (timings of the Triton kernel on CPU mean nothing)"
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 SDPA_BACKENDS = ("flash", "efficient", "cudnn", "math")
@@ -159,7 +161,7 @@ def measure(provider, mode, dtype_name, causal, batch, heads, kv_heads, seq, hea
     except Exception as exc:  # a backend refusing the shape/dtype, out of memory: one row marked, run goes on
         if device == "cuda":
             torch.cuda.empty_cache()
-        return Row(**shape, ms=None, tflops=None, error=str(exc).splitlines()[0][:120])
+        return Row(**shape, ms=None, tflops=None, error=first_line(exc, 120))
     flops = attention_flops(batch, heads, seq, seq, head_dim, causal, mode)
     return Row(**shape, ms=ms, tflops=flops / (ms * 1e-3) / 1e12, max_abs_diff_vs_sdpa=diff)
 

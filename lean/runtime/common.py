@@ -30,5 +30,6 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def _first_line(e: BaseException) -> str:
+    """lean.errors.first_line for the runtime, which imports nothing else of lean."""
     lines = str(e).strip().splitlines()
     return lines[0][:300] if lines else type(e).__name__
