@@ -440,6 +440,11 @@ def serve(
     threads: Optional[int] = typer.Option(None, help="onnxruntime intra-op threads per model (default: physical cores)."),
     provider: Optional[str] = typer.Option(None, help="onnxruntime execution provider (default: CUDA when present, else CPU)."),
     drain_timeout: float = typer.Option(30.0, help="After SIGTERM, seconds requests in flight may take before they are cut."),
+    timeout_keep_alive: float = typer.Option(5.0, help="Seconds a connection may stay open with no request under way."),
+    header_timeout: float = typer.Option(10.0, help="Seconds from a request's first byte to the end of its headers (408 beyond)."),
+    body_timeout: float = typer.Option(30.0, help="Seconds from the end of the headers to the end of the body (408 beyond)."),
+    limit_concurrency: int = typer.Option(512, help="Open connections; one more is answered 503 and closed."),
+    max_header_bytes: int = typer.Option(16_384, help="Request line and headers (431 beyond)."),
     ort_spinning: bool = typer.Option(False, "--ort-spinning", help="Let onnxruntime's idle threads spin between calls (off: they leave the CPU to the server)."),
     access_log: bool = typer.Option(False, "--access-log", help="Log every request (costs throughput)."),
     triton_repository: Optional[Path] = typer.Option(None, help="Write the models as a Triton Inference Server repository here, then exit."),
@@ -453,7 +458,9 @@ def serve(
                          max_wait_ms=max_wait_ms, max_queue=max_queue, max_texts=max_texts,
                          max_text_chars=max_text_chars, max_body_bytes=max_body_bytes, max_new_tokens=max_new_tokens,
                          max_length=max_length, threads=threads, provider=provider, drain_timeout_s=drain_timeout,
-                         ort_spinning=ort_spinning)
+                         ort_spinning=ort_spinning, timeout_keep_alive_s=timeout_keep_alive,
+                         header_timeout_s=header_timeout, body_timeout_s=body_timeout,
+                         limit_concurrency=limit_concurrency, max_header_bytes=max_header_bytes)
     if triton_repository is not None:
         from lean.serve.triton import TritonConfig, write_triton_repository
 

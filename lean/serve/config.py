@@ -63,6 +63,12 @@ class ServeConfig:
     length_buckets: tuple[int, ...] = (16, 32, 64, 128, 256, 512)  # texts in one batch are padded per bucket
     drain_timeout_s: float = 30.0  # after SIGTERM, how long requests in flight may take before they are cut
     retry_after_s: int = 1  # the Retry-After a 429 or a not-yet-ready 503 carries
+    # bounds on slow and half-open clients (lean/serve/protocol.py): each holds a descriptor while it waits
+    timeout_keep_alive_s: float = 5.0  # a connection with no request under way is closed after this idle time
+    header_timeout_s: float = 10.0  # request line and headers must be complete this long after their first byte
+    body_timeout_s: float = 30.0  # a request body must be complete this long after its headers
+    limit_concurrency: int = 512  # open connections; one more is answered 503 and closed at once
+    max_header_bytes: int = 16_384  # request line + headers; beyond it 431 and the connection is closed
 
     def __post_init__(self):
         self.models = [m if isinstance(m, ModelSpec) else ModelSpec.parse(str(m)) for m in self.models]
@@ -71,14 +77,21 @@ class ServeConfig:
         if duplicate:
             raise LeanError(f"two models are named '{duplicate}': give one of them another name with NAME=DIR")
         for key in ("max_batch_size", "max_queue", "max_texts", "max_text_chars", "max_body_bytes",
-                    "max_new_tokens", "retry_after_s"):
+                    "max_new_tokens", "retry_after_s", "limit_concurrency", "max_header_bytes"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise LeanError(f"--{key.replace('_', '-')} must be a whole number of at least 1, got {value!r}")
+                raise LeanError(f"{_option(key)} must be a whole number of at least 1, got {value!r}")
         for key in ("max_wait_ms", "drain_timeout_s"):
             value = getattr(self, key)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise LeanError(f"--{key.replace('_', '-')} must be a finite number of at least 0, got {value!r}")
+            if not _finite(value) or value < 0:
+                raise LeanError(f"{_option(key)} must be a finite number of at least 0, got {value!r}")
+        for key in ("timeout_keep_alive_s", "header_timeout_s", "body_timeout_s"):
+            value = getattr(self, key)
+            if not _finite(value) or value <= 0:
+                raise LeanError(f"{_option(key)} must be a finite number of seconds above 0, got {value!r}")
+        if self.max_header_bytes < 1024:
+            raise LeanError(f"--max-header-bytes must be at least 1024 (a request line and its usual headers), "
+                            f"got {self.max_header_bytes}")
         if not 0 <= self.port <= 65535:
             raise LeanError(f"--port must be between 0 and 65535, got {self.port}")
         if self.max_length is not None and self.max_length < 1:
@@ -92,3 +105,12 @@ class ServeConfig:
         if not buckets or buckets[0] < 1:
             raise LeanError(f"length buckets must be positive token counts, got {self.length_buckets}")
         self.length_buckets = buckets
+
+
+def _option(key: str) -> str:
+    """The command-line option of a config field: drain_timeout_s -> --drain-timeout."""
+    return "--" + key.removesuffix("_s").replace("_", "-")
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

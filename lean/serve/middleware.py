@@ -40,7 +40,13 @@ class BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
             return await self.app(scope, receive, send)
-        declared = dict(scope.get("headers") or []).get(b"content-length")
+        headers = dict(scope.get("headers") or [])
+        encoding = headers.get(b"content-encoding", b"identity").strip().lower()
+        if encoding not in (b"", b"identity"):  # nothing here inflates a body: it would be read as broken JSON
+            return await send_error(send, ServeError(
+                422, "invalid_request", f"Content-Encoding {encoding.decode('latin-1')!r} is not supported: "
+                "send the body uncompressed", headers={"Accept-Encoding": "identity"}))
+        declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             return await send_error(send, _too_large(self.limit, int(declared)))
         chunks, size = [], 0
@@ -76,7 +82,7 @@ class RequestMetrics:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        t0, status = time.perf_counter(), [500]
+        t0, status = time.perf_counter(), [499]  # 499 (nginx's "client closed request"): no answer was sent
 
         async def send_and_note(message):
             if message["type"] == "http.response.start":
@@ -85,6 +91,10 @@ class RequestMetrics:
 
         try:
             await self.app(scope, receive, send_and_note)
+        except Exception:
+            if status[0] == 499:
+                status[0] = 500  # the app failed before answering: the server answers 500
+            raise
         finally:
             route = getattr(scope.get("route"), "path", None) or "unmatched"
             name = (scope.get("path_params") or {}).get("name")

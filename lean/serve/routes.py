@@ -3,24 +3,38 @@
 from __future__ import annotations
 
 import asyncio
+import http
 import json
 import threading
-from typing import Optional
+from typing import Annotated, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 from lean.errors import first_line
 from lean.serve.errors import ServeError, limit_error
 
 
+def _encodable(text: str) -> str:
+    """JSON may spell a lone UTF-16 surrogate ("\\ud800"); no tokenizer can take it, so it is the client's error."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"not valid Unicode: a lone surrogate {text[e.start]!a} at character {e.start}; "
+                         "send whole characters (a surrogate pair, or the character itself)") from None
+    return text
+
+
+Text = Annotated[StrictStr, AfterValidator(_encodable)]
+
+
 class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    texts: list[StrictStr] = Field(description="Texts to classify; each answer is what `lean predict` prints for it.")
+    texts: list[Text] = Field(description="Texts to classify; each answer is what `lean predict` prints for it.")
 
 
 class GenerateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    prompt: StrictStr
+    prompt: Text
     max_new_tokens: StrictInt = Field(32, ge=1)
     temperature: float = Field(0.0, ge=0.0, le=100.0, description="0 is greedy, the tokens `lean predict` gives.")
     top_k: Optional[StrictInt] = Field(None, ge=1)
@@ -29,10 +43,12 @@ class GenerateRequest(BaseModel):
     stream: StrictBool = Field(True, description="Server-sent events, one per piece of text, then a 'done' event.")
 
 
-def add_routes(app, state) -> None:
+def add_error_handlers(app) -> None:
+    """Every refusal as lean's JSON `{"error": {...}}`, FastAPI's own included."""
     from fastapi import Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, Response
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     @app.exception_handler(ServeError)
     async def serve_error(request: Request, error: ServeError):
@@ -43,6 +59,22 @@ def add_routes(app, state) -> None:
         problems = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in error.errors()]
         return JSONResponse({"error": {"type": "invalid_request", "message": "; ".join(problems)[:1000]}},
                             status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException):
+        """FastAPI's own refusals (a body it cannot parse, an unknown path, a wrong method) in lean's JSON shape."""
+        unparsable = _unparsable_body(error)
+        if unparsable:
+            return JSONResponse(ServeError(422, "invalid_request", unparsable).body(), status_code=422)
+        kind = http.HTTPStatus(error.status_code).phrase.lower().replace(" ", "_").replace("-", "_")
+        return JSONResponse(ServeError(error.status_code, kind, str(error.detail)).body(),
+                            status_code=error.status_code, headers=error.headers)
+
+
+def add_routes(app, state) -> None:
+    from fastapi.responses import JSONResponse, Response
+
+    add_error_handlers(app)
 
     @app.get("/health", summary="Alive: the process answers")
     async def health():
@@ -99,6 +131,19 @@ def add_routes(app, state) -> None:
                 raise ServeError(500, "generation_failed", payload["message"])
             if kind == "done":
                 return payload
+
+
+def _unparsable_body(error) -> str | None:
+    """FastAPI answers 400 'There was an error parsing the body' for any failure but bad JSON syntax; its cause says which."""
+    cause = error.__cause__
+    if error.status_code != 400 or cause is None:
+        return None
+    if isinstance(cause, UnicodeDecodeError):
+        return (f"the body is not UTF-8 JSON ({cause.reason} at byte {cause.start}): send JSON encoded as UTF-8, "
+                "uncompressed")
+    if isinstance(cause, RecursionError):
+        return "the body's JSON is nested too deeply to parse: send the documented {\"texts\": [...]} shape"
+    return f"the body cannot be parsed as JSON: {first_line(cause)}"
 
 
 def check_texts(texts: list[str], config) -> None:

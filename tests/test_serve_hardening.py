@@ -1,0 +1,189 @@
+"""lean serve under misbehaving clients: real sockets on 127.0.0.1 against a server with short timeouts.
+
+    python -m pytest tests/test_serve_hardening.py -x -q      # ~15 s on 2 cores, no model needed
+
+The server runs in a thread of this process with no models (/health and the body limit need none),
+on a port the kernel picks; every wait below is bounded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import invoke
+from lean.errors import LeanError
+
+pytest.importorskip("uvicorn", reason="lean serve needs the serve extra: pip install 'lean[serve]'")
+pytest.importorskip("httptools", reason="lean serve needs the serve extra: pip install 'lean[serve]'")
+
+FAST = dict(timeout_keep_alive_s=0.6, header_timeout_s=0.6, body_timeout_s=0.6)
+
+
+@contextlib.contextmanager
+def live_server(**options):
+    """A real lean server on 127.0.0.1 in a thread; yields its port."""
+    from lean.serve import ServeConfig
+    from lean.serve.server import bind_socket, build_server
+
+    sock = bind_socket("127.0.0.1", 0)
+    server = build_server(ServeConfig(models=[], **options), log_level="warning")
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.01)
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(15)
+        sock.close()
+
+
+def connect(port: int) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port), timeout=5)
+
+
+def read_until_closed(conn: socket.socket, within_s: float = 5.0) -> bytes:
+    """Everything the server sends until it closes the connection (an assertion if it has not within_s)."""
+    data, deadline = b"", time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        conn.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            chunk = conn.recv(65536)
+        except ConnectionResetError:
+            return data
+        except socket.timeout:
+            break
+        if not chunk:
+            return data
+        data += chunk
+    raise AssertionError(f"the server kept the connection open for {within_s} s; got {data[:200]!r}")
+
+
+def answer(raw: bytes) -> tuple[int, dict]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+def get_health(port: int) -> int:
+    with connect(port) as conn:
+        conn.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        return answer(read_until_closed(conn))[0]
+
+
+def test_slow_headers_get_408_and_the_connection_is_closed():
+    with live_server(**FAST) as port, connect(port) as conn:
+        conn.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\n")
+        start, raw = time.monotonic(), b""
+        conn.settimeout(0.1)
+        for _ in range(100):  # a slowloris: one header byte every 0.1 s, never the end of the headers
+            try:
+                conn.sendall(b"X")
+                raw = conn.recv(65536)
+            except socket.timeout:
+                continue
+            except OSError:
+                pass
+            break
+        raw += read_until_closed(conn)
+        waited = time.monotonic() - start
+    status, body = answer(raw)
+    assert status == 408 and body["error"]["type"] == "request_timeout", raw
+    assert "--header-timeout" in body["error"]["message"]
+    assert 0.5 <= waited < 5  # counted from the first byte, however slowly the rest comes
+
+
+def test_a_partial_body_gets_408_and_an_idle_socket_is_closed():
+    with live_server(**FAST) as port:
+        with connect(port) as conn:
+            conn.sendall(b"POST /v1/models/m/predict HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 100\r\n\r\n" + b'{"texts": [')  # 11 of 100 bytes, then nothing
+            status, body = answer(read_until_closed(conn))
+        assert status == 408 and "--body-timeout" in body["error"]["message"]
+        with connect(port) as conn:  # connects and says nothing: closed silently after the keep-alive timeout
+            start = time.monotonic()
+            assert read_until_closed(conn) == b""
+            assert time.monotonic() - start >= 0.5
+        with connect(port) as conn:  # one request, then idle: kept alive a while, then closed
+            conn.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+            raw = read_until_closed(conn)
+        assert raw.startswith(b"HTTP/1.1 200") and raw.count(b"HTTP/1.1") == 1
+        assert get_health(port) == 200
+
+
+def test_headers_over_max_header_bytes_get_431_and_a_huge_line_is_not_buffered():
+    with live_server(max_header_bytes=4096, **FAST) as port:
+        with connect(port) as conn:  # complete headers over the limit
+            conn.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 5000 + b"\r\n\r\n")
+            status, body = answer(read_until_closed(conn))
+        assert status == 431 and body["error"]["limit"] == {"name": "max_header_bytes", "value": 4096}
+        with connect(port) as conn:  # a header line that never ends: refused as it grows past the limit
+            conn.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 6000)
+            assert answer(read_until_closed(conn))[0] == 431
+        sent = 0
+        with connect(port) as conn:  # 100 MB offered: the server stops reading long before
+            conn.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\nX-Big: ")
+            chunk = b"a" * 65536
+            with contextlib.suppress(OSError):
+                while sent < 100 * 2**20:
+                    conn.sendall(chunk)
+                    sent += len(chunk)
+        assert sent < 100 * 2**20, "the server read a 100 MB header line"
+        with connect(port) as conn:  # headers within the limit are served
+            conn.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\nX-Ok: " + b"a" * 3000 + b"\r\nConnection: close\r\n\r\n")
+            assert answer(read_until_closed(conn))[0] == 200
+
+
+def test_connections_over_the_cap_get_503_at_once_and_half_open_ones_time_out():
+    # 2 s for the headers: every half-open socket is still waiting when the 21st arrives, even on a loaded machine
+    with live_server(limit_concurrency=20, **{**FAST, "header_timeout_s": 2.0}) as port:
+        half_open = [connect(port) for _ in range(20)]
+        for conn in half_open:
+            conn.sendall(b"GET /health HTTP/1.1\r\n")
+        with connect(port) as extra:  # the 21st: refused at once, not left waiting
+            status, body = answer(read_until_closed(extra, within_s=3))
+        assert status == 503 and body["error"]["limit"] == {"name": "limit_concurrency", "value": 20}
+        for conn in half_open:  # each gets its 408 within the header timeout, freeing its descriptor
+            assert answer(read_until_closed(conn))[0] == 408
+            conn.close()
+        deadline = time.monotonic() + 5
+        while (status := get_health(port)) != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)  # the server may see the last closes a moment after the client
+        assert status == 200
+
+
+def test_bind_failures_are_one_line_and_exit_2(tmp_path: Path):
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "model.onnx").write_bytes(b"")  # binding comes before loading: the file is never read
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for args, reason in [(["--port", str(port)], "in use"),
+                             (["--host", "192.0.2.1", "--port", "0"], "assign requested address")]:
+            result = invoke("serve", str(model), *args)
+            assert result.returncode == 2, (args, result.stdout, result.stderr)
+            lines = result.stderr.strip().splitlines()
+            assert len(lines) == 1 and "cannot listen on" in lines[0] and reason in lines[0], result.stderr
+
+
+def test_connection_limits_are_checked_before_anything_starts(tmp_path: Path):
+    from lean.serve import ServeConfig
+
+    for options, message in [(dict(header_timeout_s=0), "--header-timeout must be a finite number of seconds"),
+                             (dict(body_timeout_s=float("inf")), "--body-timeout must be"),
+                             (dict(timeout_keep_alive_s=-1), "--timeout-keep-alive must be"),
+                             (dict(limit_concurrency=0), "--limit-concurrency must be a whole number"),
+                             (dict(max_header_bytes=100), "--max-header-bytes must be at least 1024")]:
+        with pytest.raises(LeanError, match=message.replace("-", "\\-")):
+            ServeConfig(models=[], **options)
