@@ -109,6 +109,10 @@ def test_a_partial_body_gets_408_and_an_idle_socket_is_closed():
                          b"Content-Length: 100\r\n\r\n" + b'{"texts": [')  # 11 of 100 bytes, then nothing
             status, body = answer(read_until_closed(conn))
         assert status == 408 and "--body-timeout" in body["error"]["message"]
+        with connect(port) as conn:  # the app never answered it: counted as the client's 499, not a 500
+            conn.sendall(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            metrics = read_until_closed(conn).decode()
+        assert 'status="499"} 1.0' in metrics and 'status="500"' not in metrics
         with connect(port) as conn:  # connects and says nothing: closed silently after the keep-alive timeout
             start = time.monotonic()
             assert read_until_closed(conn) == b""
