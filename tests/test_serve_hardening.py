@@ -124,6 +124,21 @@ def test_a_partial_body_gets_408_and_an_idle_socket_is_closed():
         assert get_health(port) == 200
 
 
+def test_a_body_answered_early_with_413_is_still_bounded_and_the_connection_reusable():
+    post = b"POST /v1/models/m/predict HTTP/1.1\r\nHost: t\r\nContent-Length: 2000\r\n\r\n"
+    with live_server(max_body_bytes=1024, **FAST) as port:
+        with connect(port) as conn:  # refused on its Content-Length; the body follows, then a second request
+            conn.sendall(post)
+            first = conn.recv(65536)
+            conn.sendall(b"x" * 2000 + b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+            rest = read_until_closed(conn)  # the second answer, then the keep-alive timeout
+        assert first.startswith(b"HTTP/1.1 413") and rest.startswith(b"HTTP/1.1 200") and rest.count(b"HTTP/1.1") == 1
+        with connect(port) as conn:  # refused, and the announced body never comes: closed, with no second answer
+            conn.sendall(post + b"x" * 10)
+            raw = read_until_closed(conn)
+        assert raw.startswith(b"HTTP/1.1 413") and raw.count(b"HTTP/1.1") == 1, raw
+
+
 def test_headers_over_max_header_bytes_get_431_and_a_huge_line_is_not_buffered():
     with live_server(max_header_bytes=4096, **FAST) as port:
         with connect(port) as conn:  # complete headers over the limit
@@ -165,10 +180,17 @@ def test_connections_over_the_cap_get_503_at_once_and_half_open_ones_time_out():
         assert status == 200
 
 
-def test_bind_failures_are_one_line_and_exit_2(tmp_path: Path):
+@pytest.fixture
+def unread_model(tmp_path: Path) -> Path:
+    """A directory that passes the model-spec check; these runs stop before any model loads."""
     model = tmp_path / "m"
     model.mkdir()
-    (model / "model.onnx").write_bytes(b"")  # binding comes before loading: the file is never read
+    (model / "model.onnx").write_bytes(b"")
+    return model
+
+
+def test_bind_failures_are_one_line_and_exit_2(unread_model: Path):
+    model = unread_model
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -181,8 +203,15 @@ def test_bind_failures_are_one_line_and_exit_2(tmp_path: Path):
             assert len(lines) == 1 and "cannot listen on" in lines[0] and reason in lines[0], result.stderr
 
 
-def test_connection_limits_are_checked_before_anything_starts(tmp_path: Path):
+def test_connection_limits_are_checked_before_anything_starts(unread_model: Path):
     from lean.serve import ServeConfig
+
+    for args, message in [(["--header-timeout", "0"], "--header-timeout must be a finite number of seconds above 0"),
+                          (["--max-header-bytes", "10"], "--max-header-bytes must be at least 1024"),
+                          (["--limit-concurrency", "0"], "--limit-concurrency must be a whole number")]:
+        result = invoke("serve", str(unread_model), *args)
+        assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
     for options, message in [(dict(header_timeout_s=0), "--header-timeout must be a finite number of seconds"),
                              (dict(body_timeout_s=float("inf")), "--body-timeout must be"),

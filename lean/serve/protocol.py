@@ -144,12 +144,13 @@ class LeanHttpProtocol(HttpToolsProtocol):
                           limit={"name": "max_header_bytes", "value": n})
 
     def _refuse(self, error: ServeError) -> None:
-        """Answer with `error` (unless an answer has begun) and close the connection."""
+        """Answer with `error` (unless this request's answer has begun) and close the connection."""
         self._disarm()
+        # in the headers phase self.cycle, if any, is the previous request's, long answered
+        answered = self._phase == "body" and self.cycle is not None and self.cycle.response_started
         self._phase = "closed"
         self._unset_keepalive_if_required()
-        cycle = self.cycle
-        if cycle is None or cycle.response_complete or not cycle.response_started:
+        if not answered:
             body = json.dumps(error.body()).encode()
             head = [STATUS_LINE[error.status], b"content-type: application/json\r\n",
                     b"content-length: %d\r\n" % len(body), b"connection: close\r\n"]
