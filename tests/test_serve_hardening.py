@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -201,6 +205,28 @@ def test_bind_failures_are_one_line_and_exit_2(unread_model: Path):
             assert result.returncode == 2, (args, result.stdout, result.stderr)
             lines = result.stderr.strip().splitlines()
             assert len(lines) == 1 and "cannot listen on" in lines[0] and reason in lines[0], result.stderr
+
+
+def test_port_0_takes_a_free_port_and_the_first_log_line_names_it(unread_model: Path):
+    server = subprocess.Popen([sys.executable, "-m", "lean.cli", "serve", str(unread_model), "--port", "0"],
+                              stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    try:
+        first = server.stderr.readline()
+        match = re.search(r"lean serve listening on http://127\.0\.0\.1:(\d+)", first)
+        assert match, first
+        deadline = time.monotonic() + 60
+        while True:  # bound from the first line; answering once uvicorn listens on it
+            with contextlib.suppress(OSError):
+                assert get_health(int(match.group(1))) == 200
+                break
+            assert time.monotonic() < deadline and server.poll() is None, "no answer on the logged port"
+            time.sleep(0.1)
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(30) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+        server.stderr.close()
 
 
 def test_connection_limits_are_checked_before_anything_starts(unread_model: Path):
