@@ -182,6 +182,12 @@ def test_connections_over_the_cap_get_503_at_once_and_half_open_ones_time_out():
         while (status := get_health(port)) != 200 and time.monotonic() < deadline:
             time.sleep(0.05)  # the server may see the last closes a moment after the client
         assert status == 200
+        with connect(port) as conn:
+            conn.sendall(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            metrics = read_until_closed(conn).decode()
+        assert 'lean_connections_closed_by_limit_total{limit="limit_concurrency"} 1.0' in metrics
+        assert 'lean_connections_closed_by_limit_total{limit="header_timeout"} 20.0' in metrics
+        assert "lean_open_connections 1.0" in metrics  # this one
 
 
 @pytest.fixture

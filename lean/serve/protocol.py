@@ -39,16 +39,19 @@ class ConnectionLimits:
                    config.limit_concurrency, config.retry_after_s)
 
 
-def protocol_class(limits: ConnectionLimits) -> type:
-    """The protocol uvicorn instantiates per connection (its `http=` setting), bound to these limits."""
-    return type("LeanHttpProtocol", (LeanHttpProtocol,), {"limits": limits})
+def protocol_class(limits: ConnectionLimits, metrics=None) -> type:
+    """The protocol uvicorn instantiates per connection (its `http=` setting), bound to these limits;
+    with `metrics` (lean.serve.metrics.ServeMetrics) it counts open connections and those it cut."""
+    return type("LeanHttpProtocol", (LeanHttpProtocol,), {"limits": limits, "metrics": metrics})
 
 
 class LeanHttpProtocol(HttpToolsProtocol):
     limits: ConnectionLimits  # set by protocol_class()
+    metrics = None
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
+        self._count_open()
         self._phase, self._header_bytes, self._timer = "idle", 0, None
         if len(self.connections) > self.limits.limit_concurrency:
             n = self.limits.limit_concurrency
@@ -63,6 +66,11 @@ class LeanHttpProtocol(HttpToolsProtocol):
     def connection_lost(self, exc) -> None:
         self._disarm()
         super().connection_lost(exc)
+        self._count_open()
+
+    def _count_open(self) -> None:
+        if self.metrics is not None:
+            self.metrics.connections.set(len(self.connections))
 
     def data_received(self, data: bytes) -> None:
         if self.transport.is_closing():  # refused or timed out: what follows is not read
@@ -150,6 +158,8 @@ class LeanHttpProtocol(HttpToolsProtocol):
         answered = self._phase == "body" and self.cycle is not None and self.cycle.response_started
         self._phase = "closed"
         self._unset_keepalive_if_required()
+        if self.metrics is not None:
+            self.metrics.cut.labels(error.extra["limit"]["name"]).inc()
         if not answered:
             body = json.dumps(error.body()).encode()
             head = [STATUS_LINE[error.status], b"content-type: application/json\r\n",
