@@ -37,6 +37,9 @@ class ExportConfig:
     split_seed: int | None = None  # None: the source's split seed (lean.lineage), else 42
     max_eval_samples: int | None = None  # validate on the first N test texts only (quick runs, tests)
     trust_remote_code: bool = False
+    # time the result against its plainer form (unfused, or int8-dynamic) after validation: seconds on a CPU,
+    # and the only way to learn that a "more optimized" choice is slower on this machine
+    latency_check: bool = True
 
     def __post_init__(self):
         if self.exporter not in EXPORTER_CHOICES:

@@ -88,21 +88,11 @@ def run(source: str, config: ExportConfig, out: Path) -> dict[str, Any]:
     texts = _validation_texts(task, kind, config)
 
     work = out / "_work"
-    details = backend.export_fp32(model, kind, config, _example(tokenizer, max_length), work / "fp32") or {}
-    onnx_dir = work / "fp32"
-    if config.optimize or config.fp16:
-        details.update(backend.optimize(onnx_dir, config, hf_config.model_type, work / "optimized") or {})
-        onnx_dir = work / "optimized"
-    quantization = None
-    if config.quantize:
-        calibration = _calibration_feed(tokenizer, task, config, max_length) if config.quantize == "int8-static" else None
-        quantization = backend.quantize(onnx_dir, config, calibration, work / "quantized")
-        onnx_dir = work / "quantized"
-    for file in onnx_dir.iterdir():  # the final stage's files, with the graph named model.onnx
+    details, quantization = _stages(backend, model, kind, config, tokenizer, task, max_length, hf_config.model_type, work)
+    for file in _final_stage(config, work).iterdir():  # the final stage's files, with the graph named model.onnx
         name = "model.onnx" if file.suffix == ".onnx" else file.name
         shutil.move(str(file), out / name)
     tokenizer.save_pretrained(out)  # with the pad token lean set, so runtime pads like PyTorch did
-    shutil.rmtree(work)
 
     # The manifest is read by lean.runtime for max_length; write a provisional one for validation.
     write_manifest(out, {"max_length": max_length, "kind": kind})
@@ -110,10 +100,66 @@ def run(source: str, config: ExportConfig, out: Path) -> dict[str, Any]:
     from lean.export.validate import gate
 
     gate(report, config, kind)
+    if config.latency_check and kind == "classification":
+        details["latency_check"] = _latency_check(backend, config, out, work, texts, max_length)
+    shutil.rmtree(work)
     if task is None:
         report["validation"]["texts"] = {"source": "lean.samples", "n": len(texts)}
     return {**_manifest(out, config, kind, task, max_length, exporter, details, quantization, report, validate_on),
             "inherited": inherited.record()}
+
+
+def _stages(backend, model, kind, config, tokenizer, task, max_length, model_type, work: Path):
+    """Export, optimize, quantize into work/fp32, work/optimized, work/quantized; the details and the int8
+    settings, with the node counts each graph stage changed (docs/export.md)."""
+    from lean.export.fusion import fusion_summary
+
+    details = backend.export_fp32(model, kind, config, _example(tokenizer, max_length), work / "fp32") or {}
+    onnx_dir = work / "fp32"
+    if config.optimize or config.fp16:
+        details.update(backend.optimize(onnx_dir, config, model_type, work / "optimized") or {})
+        details["fusion"] = fusion_summary(_graph(onnx_dir), _graph(work / "optimized"))
+        onnx_dir = work / "optimized"
+    quantization = None
+    if config.quantize:
+        calibration = _calibration_feed(tokenizer, task, config, max_length) if config.quantize == "int8-static" else None
+        quantization = backend.quantize(onnx_dir, config, calibration, work / "quantized")
+        if quantization is not None:
+            quantization["changed"] = fusion_summary(_graph(onnx_dir), _graph(work / "quantized"))["changed"]
+    return details, quantization
+
+
+def _final_stage(config: ExportConfig, work: Path) -> Path:
+    if config.quantize:
+        return work / "quantized"
+    return work / "optimized" if config.optimize or config.fp16 else work / "fp32"
+
+
+def _graph(stage: Path) -> Path:
+    """A stage directory's graph: model.onnx, else its one .onnx file."""
+    file = stage / "model.onnx"
+    return file if file.is_file() else sorted(stage.glob("*.onnx"))[0]
+
+
+def _latency_check(backend, config: ExportConfig, out: Path, work: Path, texts, max_length: int) -> dict | None:
+    """Time the exported graph against its plainer form on this machine (lean.export.latency)."""
+    import dataclasses
+
+    from lean.export import latency
+    from lean.runtime import load as load_onnx
+    from lean.runtime import physical_cores
+
+    plainer = latency.plainer(config)
+    if plainer is None:
+        return None
+    label, stage = plainer
+    plainer_dir = work / "fp32"
+    if stage == "int8-dynamic":
+        plain_config = dataclasses.replace(config, optimize=None, quantize="int8-dynamic")
+        backend.quantize(work / "fp32", plain_config, None, work / "plainer")
+        plainer_dir = work / "plainer"
+    feed = load_onnx(out, provider="CPUExecutionProvider").encode(texts[:1], max_length=max_length, pad_to=max_length)
+    return latency.check(config, out / "model.onnx", _graph(plainer_dir), label, feed, physical_cores())
 
 
 def _validate(model, tokenizer, out: Path, provider: str, texts, max_length, config, kind, task) -> dict[str, Any]:

@@ -1,8 +1,13 @@
-"""The torch exporter: torch.onnx.export (dynamo) + onnxruntime's transformer optimizer and quantizer.
+"""The torch exporter: torch.onnx.export + onnxruntime's transformer optimizer and quantizer.
 
 Needs torch, onnxscript and onnxruntime only, so it works where optimum-onnx cannot be installed
 (transformers 5). It exports sequence classifiers of the encoder families in ENCODERS; causal LMs
 with a KV cache go through optimum (see exporters.py).
+
+The graph comes from the dynamo exporter, except where transformer fusions are asked for (O2 and
+up): onnxruntime's Attention and EmbedLayerNormalization patterns match the TorchScript exporter's
+graph (constant Reshape shapes, the mask as Sub/Mul/Add), not dynamo's (shapes computed through
+Shape/Concat), so those levels trace with TorchScript and fall back to dynamo only where tracing fails.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ ENCODERS: dict[str, str] = {
     "camembert": "bert", "albert": "bert", "mpnet": "bert", "deberta-v2": "bert",
 }
 MIN_OPSET = 18  # the dynamo exporter emits opset 18 and newer
+FUSING_LEVELS = ("O2", "O3", "O4")  # the levels that run onnxruntime's transformer fusions
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 # onnxruntime's own defaults for x86 int8: MatMul weights (and Gather'd embeddings, dynamic only) quantized
 DYNAMIC_OPS = ["MatMul", "Attention", "Gather", "EmbedLayerNormalization"]
@@ -67,22 +73,52 @@ def export_fp32(model, kind: str, config, example: dict, out: Path) -> dict[str,
             given = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
             return self.inner(**{n: given[n] for n in names}).logits
 
-    batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
     out.mkdir(parents=True, exist_ok=True)
-    # weights inline up to 1.5 GiB; a protobuf cannot hold more than 2 GiB
-    external = sum(p.numel() * p.element_size() for p in model.parameters()) > 1.5 * 2**30
+    details = {"inputs": names, "dynamic_axes": {"batch": 0, "sequence": 1}}
     # the exporter prints its progress to stdout, which is `lean export`'s own summary
     with warnings.catch_warnings(), _quiet(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
+        if config.optimize in FUSING_LEVELS:
+            try:
+                _export_torchscript(Logits(model).eval(), names, example, out / "model.onnx", config.opset)
+                model.config.save_pretrained(out)
+                return {**details, "graph": "torchscript"}
+            except Exception as e:  # tracing fails on some models: dynamo's graph still takes the other fusions
+                details["torchscript_failed"] = first_line(e, 200)
         try:
-            torch.onnx.export(Logits(model).eval(), (), str(out / "model.onnx"), kwargs={n: example[n] for n in names},
-                              dynamo=True, input_names=names, output_names=["logits"], opset_version=config.opset,
-                              dynamic_shapes={n: {0: batch, 1: sequence} for n in names}, external_data=external,
-                              verbose=False)
+            _export_dynamo(Logits(model).eval(), model, names, example, out / "model.onnx", config.opset)
         except Exception as e:  # torch.export raises many types (TorchExportError, UserError, ...)
             raise LeanError(f"torch.onnx could not export this model: {first_line(e)} (try --exporter optimum)") from None
     model.config.save_pretrained(out)
-    return {"inputs": names, "dynamic_axes": {"batch": 0, "sequence": 1}}
+    return {**details, "graph": "dynamo"}
+
+
+def _export_dynamo(wrapper, model, names: list[str], example: dict, file: Path, opset: int | None) -> None:
+    import torch
+
+    batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    # weights inline up to 1.5 GiB; a protobuf cannot hold more than 2 GiB
+    external = sum(p.numel() * p.element_size() for p in model.parameters()) > 1.5 * 2**30
+    torch.onnx.export(wrapper, (), str(file), kwargs={n: example[n] for n in names}, dynamo=True, input_names=names,
+                      output_names=["logits"], opset_version=opset, external_data=external, verbose=False,
+                      dynamic_shapes={n: {0: batch, 1: sequence} for n in names})
+
+
+def _export_torchscript(wrapper, names: list[str], example: dict, file: Path, opset: int | None) -> None:
+    """The TorchScript exporter (dynamo=False), whose attention graph onnxruntime's fusions recognise."""
+    import torch
+
+    inner = wrapper.inner
+    attention = getattr(inner.config, "_attn_implementation", None)
+    if attention not in (None, "eager", "sdpa"):  # flash/flex kernels do not trace; eager is the reference
+        inner.set_attn_implementation("eager")
+    try:
+        torch.onnx.export(wrapper, tuple(example[n] for n in names), str(file), dynamo=False, input_names=names,
+                          output_names=["logits"], opset_version=opset or MIN_OPSET,
+                          dynamic_axes={n: {0: "batch", 1: "sequence"} for n in names})
+    finally:
+        if attention not in (None, "eager", "sdpa"):
+            inner.set_attn_implementation(attention)
 
 
 def optimize(onnx_dir: Path, config, model_type: str, out: Path) -> dict[str, Any]:
@@ -97,7 +133,8 @@ def optimize(onnx_dir: Path, config, model_type: str, out: Path) -> dict[str, An
     basic_only = config.optimize in (None, "O1")  # --fp16 alone: no transformer fusions, as with optimum
     with _quiet():
         try:
-            optimized = optimize_model(str(onnx_dir / "model.onnx"), model_type=ort_type, num_heads=0, hidden_size=0,
+            heads, hidden = _attention_shape(onnx_dir)
+            optimized = optimize_model(str(onnx_dir / "model.onnx"), model_type=ort_type, num_heads=heads, hidden_size=hidden,
                                        optimization_options=options, opt_level=1 if basic_only else 0,
                                        only_onnxruntime=basic_only, use_gpu=config.fp16)
             if config.fp16:
@@ -110,6 +147,18 @@ def optimize(onnx_dir: Path, config, model_type: str, out: Path) -> dict[str, An
     carry_files(onnx_dir, out)
     fused = {k: v for k, v in (optimized.get_fused_operator_statistics() or {}).items() if v}
     return {"fused_operators": fused}
+
+
+def _attention_shape(onnx_dir: Path) -> tuple[int, int]:
+    """(num_heads, hidden_size) from the exported config.json, which the Attention fusion checks the graph against
+    (0, 0: onnxruntime reads them from the graph's Reshape shapes, which a dynamo graph computes at run time)."""
+    from transformers import AutoConfig
+
+    try:
+        hf_config = AutoConfig.from_pretrained(onnx_dir)
+    except (OSError, ValueError):
+        return 0, 0
+    return int(getattr(hf_config, "num_attention_heads", 0) or 0), int(getattr(hf_config, "hidden_size", 0) or 0)
 
 
 def quantize(onnx_dir: Path, config, calibration_feed: dict | None, out: Path) -> dict[str, Any]:
