@@ -233,6 +233,7 @@ def export(
     device: str = typer.Option("auto", help="Where the ONNX model is validated: auto, cpu or cuda."),
     max_eval_samples: Optional[int] = typer.Option(None, help="Validate on the first N test texts only."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the model's repository."),
+    latency_check: bool = typer.Option(True, "--latency-check/--no-latency-check", help="Time the result against its plainer form (unfused, or int8-dynamic) and warn when it is slower here."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty output directory."),
 ):
     """Export a model to ONNX, validated against PyTorch (optional fusions and int8)."""
@@ -246,7 +247,8 @@ def export(
                           optimize=optimize, fp16=fp16, quantize=quantize, calibration_samples=calibration_samples, atol=atol,
                           max_metric_drop=max_metric_drop, min_agreement=min_agreement,
                           max_perplexity_ratio=max_perplexity_ratio, max_length=max_length,
-                          device=device, max_eval_samples=max_eval_samples, trust_remote_code=trust_remote_code)
+                          device=device, max_eval_samples=max_eval_samples, trust_remote_code=trust_remote_code,
+                          latency_check=latency_check)
     out = run_export(model, config, str(output), overwrite=overwrite)
     manifest = read_manifest(out)
     v = manifest["validation"]
@@ -259,6 +261,16 @@ def export(
     if "perplexity" in v:
         line += f"  {v['perplexity']['split']} perplexity {v['perplexity']['onnx']:.3f} (PyTorch {v['perplexity']['pytorch']:.3f})"
     typer.echo(line + f"  (exporter: {manifest['exporter']['name']})")
+    fusion = manifest["onnx"].get("fusion")
+    if fusion:
+        fused = ", ".join(f"{op} {n}" for op, n in fusion["fused"].items()) or "nothing"
+        typer.echo(f"fused: {fused}  (nodes {fusion['nodes']['before']} -> {fusion['nodes']['after']})")
+    speed = manifest["onnx"].get("latency_check")
+    if speed:
+        typer.echo(f"latency: {speed['ms']:.2f} ms vs {speed['plainer_ms']:.2f} ms for {speed['plainer']} "
+                   f"({speed['speedup']:.2f}x, batch {speed['batch_size']} x {speed['seq_len']})")
+        if speed.get("warning"):
+            typer.echo(f"warning: {speed['warning']}", err=True)
     if manifest.get("note"):
         typer.echo(manifest["note"])
 
