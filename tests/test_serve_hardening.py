@@ -235,6 +235,23 @@ def test_port_0_takes_a_free_port_and_the_first_log_line_names_it(unread_model: 
         server.stderr.close()
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="no descriptor limit to raise")
+def test_the_descriptor_limit_is_raised_to_fit_the_connection_cap_or_the_shortfall_is_said():
+    code = """
+import logging, resource, sys
+logging.basicConfig(format="%(levelname)s: %(message)s")
+resource.setrlimit(resource.RLIMIT_NOFILE, (300, int(sys.argv[1])))
+from lean.serve.server import make_room_for_connections
+make_room_for_connections(512)
+print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+"""
+    room = subprocess.run([sys.executable, "-c", code, "4096"], capture_output=True, text=True, timeout=60)
+    assert room.returncode == 0 and room.stdout.split() == ["640"] and not room.stderr, room.stderr
+    short = subprocess.run([sys.executable, "-c", code, "300"], capture_output=True, text=True, timeout=60)
+    assert short.returncode == 0 and short.stdout.split() == ["300"], short.stderr
+    assert "lower --limit-concurrency to 172" in short.stderr
+
+
 def test_connection_limits_are_checked_before_anything_starts(unread_model: Path):
     from lean.serve import ServeConfig
 

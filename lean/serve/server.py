@@ -23,6 +23,7 @@ def serve(config, log_level: str = "info", access_log: bool = False) -> None:
     sock = bind_socket(config.host, config.port)
     try:
         server = build_server(config, log_level, access_log)
+        make_room_for_connections(config.limit_concurrency)
         host, port = sock.getsockname()[:2]
         log.info("lean serve listening on http://%s:%d (Ctrl-C or SIGTERM to stop)",
                  f"[{host}]" if ":" in host else host, port)
@@ -49,6 +50,25 @@ def bind_socket(host: str, port: int) -> socket.socket:
         raise LeanError(f"cannot listen on {host}:{port}: {reason}: choose a free --port, or a --host "
                         "this machine has (127.0.0.1, 0.0.0.0 or one of its addresses)") from None
     return sock
+
+
+def make_room_for_connections(limit: int, spare: int = 128) -> None:
+    """Raise the soft descriptor limit so that `limit` connections fit beside `spare` other files (models,
+    logs, onnxruntime's); where the hard limit forbids it, say so: the cap could not protect the process."""
+    try:
+        import resource
+    except ImportError:  # Windows: no descriptor limit to speak of
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = limit + spare
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return
+    raised = need if hard == resource.RLIM_INFINITY else min(need, hard)
+    if raised > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+    if raised < need:
+        log.warning("this process may open %d files (ulimit -n), too few for --limit-concurrency %d and %d more: "
+                    "lower --limit-concurrency to %d or raise the limit", raised, limit, spare, max(1, raised - spare))
 
 
 def build_server(config, log_level: str = "info", access_log: bool = False):
