@@ -94,7 +94,8 @@ def build_server(config, log_level: str = "info", access_log: bool = False):
     uvicorn_config = uvicorn.Config(app, log_level=log_level, access_log=access_log, lifespan="on",
                                     timeout_graceful_shutdown=config.drain_timeout_s,
                                     http=protocol_class(ConnectionLimits.from_config(config), state.metrics),
-                                    timeout_keep_alive=config.timeout_keep_alive_s)
+                                    timeout_keep_alive=config.timeout_keep_alive_s,
+                                    ws="none")  # no WebSocket routes: an upgrade must not take the socket past the bounds
     logger = logging.getLogger("lean.serve")
     logger.setLevel(log_level.upper())
     if not logger.handlers:  # uvicorn configures its own loggers only; model loading should show beside them
