@@ -390,6 +390,9 @@ def bench(
     rigorous: bool = typer.Option(False, "--rigorous", help="Time every latency cell three times as long: steadier "
                                   "speedups on a noisy machine, about two minutes more on the default suite."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the models' repositories (a suite cannot)."),
+    min_quiet_rounds: Optional[int] = typer.Option(None, "--min-quiet-rounds", help="A latency cell left with fewer "
+                                                   "quiet rounds than this (slow rounds set aside) is reported "
+                                                   "unreliable (default: lean.bench.reliability.MIN_QUIET_ROUNDS)."),
 ):
     """Measure accuracy, latency and memory of every variant in a suite (default: the built-in suite)."""
     from lean.bench.suite import directories_suite, load_suite
@@ -417,10 +420,12 @@ def bench(
 
     out = check_output_dir(output or default_output(suite), overwrite)
     options = BenchOptions(output=out, runs_dir=runs_dir, variants=selected, timeout_s=timeout, device=device,
-                           threads=threads, overwrite=overwrite, rigorous=rigorous, trust_remote_code=trust_remote_code)
+                           threads=threads, overwrite=overwrite, rigorous=rigorous, trust_remote_code=trust_remote_code,
+                           **({} if min_quiet_rounds is None else {"min_quiet_rounds": min_quiet_rounds}))
     from rich.console import Console
 
     from lean.bench.history import spell_text
+    from lean.bench.reliability import busy_line
     from lean.bench.report import results_table
 
     results = run_bench(suite, options, console=Console(stderr=True))
@@ -431,6 +436,9 @@ def bench(
     spell = spell_text(results)
     if spell:
         typer.echo(f"note: {spell}", err=True)
+    busy = busy_line(results)
+    if busy:
+        typer.echo(f"note: {busy}", err=True)
     typer.echo(f"wrote {out}/results.json, results.csv, report.md, pareto.png")
 
 

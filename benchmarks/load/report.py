@@ -3,10 +3,26 @@
 from __future__ import annotations
 
 import json
+import re
+
+
+def busy_line(r: dict) -> str | None:
+    """The line load.md opens with when the machine was busy (lean bench's rule, lean.bench.reliability:
+    a load average past the logical CPUs plus BUSY_LOAD_MARGIN before or after the test), else None."""
+    from lean.bench.reliability import BUSY_LOAD_MARGIN
+
+    loads = [float(m.group(1)) for key in ("load_before", "load_after")
+             for m in [re.search(r"load averages?:\s*([\d.]+)", str(r.get(key) or ""))] if m]
+    cpus = (r.get("machine") or {}).get("logical_cpus")
+    if not cpus or not loads or max(loads) <= cpus + BUSY_LOAD_MARGIN:
+        return None
+    return (f"**The machine was busy during this load test (load average up to {max(loads):.2f} on {cpus} CPUs): "
+            "its throughputs and latencies are not the server's own. Stop what else runs and rerun it.**")
 
 
 def markdown(r: dict) -> str:
-    lines = [f"# lean serve load test, {r['date']}", "",
+    busy = busy_line(r)
+    lines = [f"# lean serve load test, {r['date']}", "", *([busy, ""] if busy else []),
              f"- machine: {r['machine']['cpu']}, {r['machine']['logical_cpus']} logical CPUs (shared), "
              f"Python {r['machine']['python']}, onnxruntime {r['machine']['onnxruntime']}",
              f"- commit: {r['commit']}; model: {r['model']}",

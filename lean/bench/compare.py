@@ -33,6 +33,11 @@ def speed_ratios(row: dict[str, Any]) -> dict[str, tuple[float, list[float] | No
     return out
 
 
+def unreliable_cells(row: dict[str, Any]) -> set[str]:
+    """The row's latency cells ("b1x128") whose rounds do not support their speedup (lean.bench.reliability)."""
+    return {f"b{c['batch_size']}x{c['seq_length']}" for c in row.get("latency") or [] if c.get("unreliable")}
+
+
 def _overlap(a: list[float] | None, b: list[float] | None) -> bool:
     return bool(a and b and a[0] <= b[1] and b[0] <= a[1])
 
@@ -51,7 +56,9 @@ def compare_runs(a: dict[str, Any], b: dict[str, Any], tolerance: float = 0.10) 
         qa, qb = row.get("quality") or {}, other.get("quality") or {}
         quality = {k: (qa[k], qb[k]) for k in QUALITY_KEYS if k in qa and k in qb}
         quality_equal = all(x == y for x, y in quality.values())
-        ra, rb = speed_ratios(row), speed_ratios(other)
+        doubtful = unreliable_cells(row) | unreliable_cells(other)  # no figure to agree or disagree with
+        ra = {k: v for k, v in speed_ratios(row).items() if k not in doubtful}
+        rb = {k: v for k, v in speed_ratios(other).items() if k not in doubtful}
         speeds = {k: (ra[k][0], rb[k][0], round(rb[k][0] / ra[k][0] - 1, 4)) for k in ra if k in rb}
         # a difference past the tolerance that both runs' own intervals cover: the machine's speed moved
         within_intervals = sorted(k for k, (_, _, d) in speeds.items()
@@ -64,7 +71,7 @@ def compare_runs(a: dict[str, Any], b: dict[str, Any], tolerance: float = 0.10) 
         variants.append({"name": row["name"], "quality": quality, "quality_equal": quality_equal, "speed": speeds,
                          "with_intervals": with_intervals,
                          "unmatched": unmatched, "worst_speed_difference": worst, "agree": ok,
-                         "within_intervals": within_intervals})
+                         "within_intervals": within_intervals, "unreliable": sorted(doubtful)})
     if not variants:
         raise LeanError("the runs share no variant measured in both: nothing to compare")
     return {"baseline": a.get("baseline"), "tolerance": tolerance, "agree": agree, "variants": variants}
@@ -78,7 +85,9 @@ def format_comparison(comparison: dict[str, Any]) -> str:
                           for k, (x, y, d) in v["speed"].items())
         lines.append(f"{'ok  ' if v['agree'] else 'DIFF'} {v['name']}: {quality or 'no quality'}"
                      + (f"; {speed}" if speed else "")
-                     + (f"; only one run has {', '.join(v['unmatched'])}" if v["unmatched"] else ""))
+                     + (f"; only one run has {', '.join(v['unmatched'])}" if v["unmatched"] else "")
+                     + (f"; left out, unreliable in a run: {', '.join(v['unreliable'])}" if v.get("unreliable")
+                        else ""))
     speeds = [d for v in comparison["variants"] if v["name"] != comparison["baseline"]
               for _, _, d in v["speed"].values()]
     outside = [d for d in speeds if abs(d) > comparison["tolerance"]]

@@ -54,12 +54,34 @@ def fmt(value, digits: int = 4) -> str:
 
 
 def latency_text(cell: dict[str, Any] | None) -> str:
+    """'5.00 (2.00× ±8%)'; an unreliable speedup as '5.00 (2.00×, unreliable)', one too few rounds had an
+    interval for as '±?', and a cell out of order with another of its variant marked '†'."""
     if cell is None:
         return "–"
-    speed = f" ({cell['speedup']:.2f}×{spread_text(cell)})" if cell.get("speedup") else ""
-    return f"{cell['median_ms']:.2f}{speed}"
+    speed = ""
+    if cell.get("speedup"):
+        speed = f" ({cell['speedup']:.2f}×, unreliable)" if cell.get("unreliable") else \
+            f" ({cell['speedup']:.2f}×{spread_text(cell)})"
+    elif cell.get("unreliable"):
+        speed = " (unreliable)"
+    return f"{cell['median_ms']:.2f}{speed}" + (" †" if cell.get("order") else "")
 
 
 def spread_text(cell: dict[str, Any]) -> str:
     spread = interval_spread(cell)
-    return "" if spread is None else f" ±{spread:.0%}"
+    if spread is None:
+        return " ±?" if cell.get("interval_note") else ""
+    return f" ±{spread:.0%}"
+
+
+def distrusted_cells(results: dict[str, Any]) -> list[str]:
+    """'`variant` b1×128: why' for every cell marked unreliable or out of order, in table order."""
+    lines = []
+    for row in results["variants"]:
+        for cell in row.get("latency") or []:
+            where = f"`{row['name']}` b{cell['batch_size']}×{cell['seq_length']}"
+            if cell.get("unreliable"):
+                lines.append(f"{where}: unreliable, {cell['unreliable']}")
+            if cell.get("order"):
+                lines.append(f"{where} †: {cell['order']}")
+    return lines

@@ -55,21 +55,22 @@ def history_key(results: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def baseline_cells(results: dict[str, Any]) -> dict[str, float]:
-    """{"b1x128": median ms, ...} of the baseline's measured cells."""
+    """{"b1x128": median ms, ...} of the baseline's measured cells (an unreliable one is no figure to keep)."""
     base = next(r for r in results["variants"] if r.get("name") == results.get("baseline"))
     return {f"b{c['batch_size']}x{c['seq_length']}": c["median_ms"] for c in base.get("latency") or []
-            if c.get("median_ms")}
+            if c.get("median_ms") and not c.get("unreliable")}
 
 
 def variant_speedups(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """{variant: {"id": how it was built, "cells": {"b1x128": speedup, ...}}} of every measured variant
-    but the baseline; the id (its steps' config hashes, else its directory, and its config) tells
+    but the baseline, its unreliable speedups left out (lean.bench.reliability); the id (its steps' config hashes, else its directory, and its config) tells
     whether an earlier run's row of that name is the same variant."""
     out = {}
     for row in results.get("variants", []):
         if row.get("name") == results.get("baseline") or row.get("status") != "ok":
             continue
-        cells = {cell: value for cell, (value, _) in speed_ratios(row).items()}
+        doubtful = {f"b{c['batch_size']}x{c['seq_length']}" for c in row.get("latency") or [] if c.get("unreliable")}
+        cells = {cell: value for cell, (value, _) in speed_ratios(row).items() if cell not in doubtful}
         if cells:
             out[row["name"]] = {"id": _read_back({"built": _built(row), "config": row.get("config")}), "cells": cells}
     return out

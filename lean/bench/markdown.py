@@ -10,6 +10,7 @@ from typing import Any
 
 from lean.bench.figures import (
     cell_at,
+    distrusted_cells,
     fmt,
     grid,
     latency_text,
@@ -19,6 +20,7 @@ from lean.bench.figures import (
     row_named,
 )
 from lean.bench.history import AGREE, HISTORY, SPELL, spell_text
+from lean.bench.reliability import MAX_DRIFT, MIN_QUIET_ROUNDS, busy_line
 from lean.bench.report_lm import lm_markdown
 from lean.bench.stats import QUIET_TOLERANCE
 
@@ -42,7 +44,8 @@ def header_lines(results: dict[str, Any]) -> list[str]:
     """The task, the machine and the run, as a list."""
     env, run, task = results.get("environment", {}), results.get("run", {}), results.get("task", {})
     versions = env.get("versions", {})
-    lines = [f"# lean bench: {results['suite']['name']}", "",
+    busy = busy_line(results)
+    lines = [f"# lean bench: {results['suite']['name']}", "", *([f"**{busy}**", ""] if busy else []),
              f"- task: `{task.get('name')}` ({task.get('kind')}), test split {task.get('sizes', {}).get('test')} "
              f"texts, split seed {task.get('split_seed')}",
              f"- machine: {env.get('gpu') or env.get('cpu')}, device `{run.get('device')}`, {run.get('threads')} "
@@ -54,10 +57,32 @@ def header_lines(results: dict[str, Any]) -> list[str]:
              + ("; **interrupted**" if run.get("interrupted") else "")
              + ("; `--rigorous` (every latency cell timed three times as long)" if run.get("rigorous") else "")
              + ("; remote code enabled (`--trust-remote-code`)" if results["suite"].get("trust_remote_code") else "")]
+    load = load_text(results)
+    if load:
+        lines.append(f"- machine load: {load}")
     spell = spell_text(results)
     if spell:
         lines.append(f"- **machine state**: {spell} (`{Path(run.get('runs_dir') or '.') / HISTORY}`)")
     return lines + [""]
+
+
+def load_text(results: dict[str, Any]) -> str:
+    """'load average 0.4 before, up to 1.2 during (median 1.0), 0.9 after the timing, on 2 CPUs; CPU
+    2445-2445 MHz; 3 of 52 cell rounds set aside' (what the run recorded of these)."""
+    run = results.get("run") or {}
+    machine, aside = run.get("machine") or {}, run.get("set_aside")
+    before, during, after = (machine.get(k) or {} for k in ("before", "during", "after"))
+    parts = []
+    if during.get("load1_max") is not None:
+        parts.append(f"load average {before.get('load1', '-')} before, up to {during['load1_max']} during (median "
+                     f"{during['load1_median']}), {after.get('load1', '-')} after the timing, on {machine.get('cpus')} "
+                     "CPUs")
+    if during.get("cpu_mhz_min") is not None:
+        parts.append(f"CPU {during['cpu_mhz_min']:.0f}-{during['cpu_mhz_max']:.0f} MHz")
+    if aside:
+        parts.append(f"{aside['rounds']} of the baseline's {aside['of']} cell rounds set aside "
+                     f"({aside['rounds'] / aside['of']:.0%})")
+    return "; ".join(parts)
 
 
 def table_lines(results: dict[str, Any], lm: bool) -> list[str]:
@@ -104,9 +129,25 @@ def latency_guide(results: dict[str, Any]) -> str:
                "the machine slowed down, "
                "which hits variants unequally) is set aside for all of them, and the medians come from the "
                f"other rounds{_set_aside_text(results)}; results.json keeps every call and the all-rounds "
-               "median. `±N%` bounds the 90% bootstrap interval of the speedup over the quiet rounds: how "
-               "far the ratio moved during the run. A wide one says a second run may well differ by that "
-               "much." if interleaved else ""))
+               "median. `±N%` bounds the 90% interval of the speedup over the quiet rounds (a bootstrap, widened "
+               "to the Student-t interval of the per-round speedups): how far the ratio moved during the run. A "
+               "wide one says a second run may well differ by that much; `±?`: too few quiet rounds for one. "
+               f"A speedup shown `unreliable` is not a measurement: its cell kept fewer than {_min_rounds(results)} "
+               f"quiet rounds after some were set aside, or the baseline's quiet rounds were more than "
+               f"{MAX_DRIFT:.0%} off its median over every round. `†`: a cell measured much faster than one "
+               "with less work of the same variant (or the reverse), which only a change of the machine's speed "
+               "explains." if interleaved else "")
+            + (" `†`: a cell measured much faster than one with less work of the same variant (or the reverse), "
+               "which only a change of the machine's speed explains." if not interleaved and _has_order(results)
+               else ""))
+
+
+def _min_rounds(results: dict[str, Any]) -> int:
+    return (results.get("run") or {}).get("min_quiet_rounds") or MIN_QUIET_ROUNDS
+
+
+def _has_order(results: dict[str, Any]) -> bool:
+    return any(c.get("order") for r in results["variants"] for c in r.get("latency") or [])
 
 
 def guide_lines(results: dict[str, Any], lm: bool) -> tuple[list[str], str]:
@@ -145,6 +186,11 @@ def guide_lines(results: dict[str, Any], lm: bool) -> tuple[list[str], str]:
 def to_markdown(results: dict[str, Any]) -> str:
     lm = results.get("task", {}).get("kind") == "lm"  # quality is perplexity, in the language-model table below
     lines = header_lines(results) + table_lines(results, lm)
+    distrusted = distrusted_cells(results)
+    if distrusted:
+        lines += ["", "Cells whose rounds do not support their figures (left out of the Pareto plot and of any "
+                  "headline; `unreliable` in results.json and results.csv):", ""]
+        lines += [f"- {line}" for line in distrusted]
     if lm:
         lines += lm_markdown(results)
     problems = [r for r in results["variants"] if r["status"] != "ok"]

@@ -24,13 +24,17 @@ def pareto_png(results: dict[str, Any]) -> bytes:
     import matplotlib.pyplot as plt
 
     key = primary_cell(results)
-    points = []
+    points, unreliable = [], []
     for row in results["variants"]:
         cell = cell_at(row, key) if key else None
         accuracy = (row.get("quality") or {}).get("accuracy")
         if row["status"] == "ok" and cell and accuracy is not None:
-            points.append((row["name"], cell["median_ms"], accuracy))
+            # a latency its rounds do not support has no place on the front (lean.bench.reliability)
+            (unreliable if cell.get("unreliable") else points).append((row["name"], cell["median_ms"], accuracy))
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
+    if unreliable:
+        ax.text(0.01, 0.01, f"left out, latency unreliable: {', '.join(p[0] for p in unreliable)}", fontsize=7,
+                transform=ax.transAxes, color="tab:gray")
     if points:
         if max(p[1] for p in points) / max(min(p[1] for p in points), 1e-9) > 20:
             ax.set_xscale("log")

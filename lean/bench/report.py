@@ -22,30 +22,65 @@ from lean.bench.figures import mb, peak_memory_mb, row_named
 from lean.bench.markdown import to_markdown
 from lean.bench.plot import pareto_png
 from lean.bench.report_lm import lm_ratios
-from lean.bench.stats import speedup_interval
+from lean.bench.reliability import (
+    MAX_DRIFT,
+    MIN_QUIET_ROUNDS,
+    busy_reasons,
+    cell_reasons,
+    order_notes,
+    set_aside,
+    speedup_reasons,
+)
+from lean.bench.stats import MIN_INTERVAL_ROUNDS, interval_rounds, speedup_interval
 from lean.bench.terminal import print_row, results_table  # noqa: F401  (the CLI's names for them)
 
 CSV_COLUMNS = ["variant", "status", "error", "accuracy", "macro_f1", "accuracy_delta", "batch_size", "seq_length",
                "median_ms", "p90_ms", "p99_ms", "count", "throughput_sps", "speedup", "peak_rss_mb", "bare_rss_mb",
                "model_rss_mb", "cuda_peak_mb", "memory_ratio", "weights_mb", "weights_ratio", "params", "build_s",
-               "wall_s", "steps"]
+               "wall_s", "steps", "unreliable", "order"]
+
+
+def _put(cell: dict[str, Any], key: str, value: Any) -> None:
+    """cell[key] = value, or no such key when value is empty (a figure recomputed on every call)."""
+    if value:
+        cell[key] = value
+    else:
+        cell.pop(key, None)
+
+
+def _cell_speedup(cell: dict[str, Any], ref: dict[str, Any] | None, is_base: bool, min_rounds: int) -> None:
+    """A cell's speedup over the baseline's cell, its interval (or why it has none) and why it is
+    unreliable (`unreliable`, a reason; the baseline's own cells by their rounds and drift)."""
+    cell["speedup"] = round(ref["median_ms"] / cell["median_ms"], 4) if ref and cell.get("median_ms") else None
+    timed_against_base = cell["speedup"] and not is_base
+    interval = speedup_interval(ref.get("visits"), cell.get("visits")) if timed_against_base else None
+    _put(cell, "speedup_interval", interval)
+    n = interval_rounds(ref.get("visits"), cell.get("visits")) if timed_against_base and cell.get("visits") else None
+    _put(cell, "interval_note", None if interval or n is None else
+         f"{n} quiet round{'' if n == 1 else 's'}: too few for an interval (at least {MIN_INTERVAL_ROUNDS})")
+    if not cell.get("median_ms"):
+        reasons = []
+    elif is_base or ref is None:
+        reasons = cell_reasons(cell, min_rounds, MAX_DRIFT)
+    else:
+        reasons = speedup_reasons(cell, ref, min_rounds, MAX_DRIFT)
+    _put(cell, "unreliable", "; ".join(reasons))
 
 
 def finalize(results: dict[str, Any]) -> dict[str, Any]:
-    """Add ratios against the baseline to every measured row (in place; recomputed on every call)."""
+    """Add ratios against the baseline to every measured row (in place; recomputed on every call), with
+    the reliability of each cell (lean.bench.reliability) and the run's share of rounds set aside."""
     base = row_named(results, results.get("baseline"))
     base_ok = base is not None and base.get("status") == "ok"
     base_cells = {(c["batch_size"], c["seq_length"]): c for c in (base or {}).get("latency", []) if "median_ms" in c}
+    run = results.get("run")
+    min_rounds = (run or {}).get("min_quiet_rounds") or MIN_QUIET_ROUNDS
     for row in results["variants"]:
+        notes = order_notes(row.get("latency") or [])
         for cell in row.get("latency", []):
             ref = base_cells.get((cell["batch_size"], cell["seq_length"])) if base_ok else None
-            cell["speedup"] = round(ref["median_ms"] / cell["median_ms"], 4) if ref and cell.get("median_ms") else None
-            timed_against_base = cell["speedup"] and row is not base
-            interval = speedup_interval(ref.get("visits"), cell.get("visits")) if timed_against_base else None
-            if interval:
-                cell["speedup_interval"] = interval
-            else:
-                cell.pop("speedup_interval", None)
+            _cell_speedup(cell, ref, row is base, min_rounds)
+            _put(cell, "order", notes.get((cell["batch_size"], cell["seq_length"])))
         ratios: dict[str, Any] = {}
         if base_ok and row.get("status") == "ok":
             mine, theirs = peak_memory_mb(row), peak_memory_mb(base)
@@ -61,6 +96,9 @@ def finalize(results: dict[str, Any]) -> dict[str, Any]:
             if (results.get("task") or {}).get("kind") == "lm":  # perplexity, decode speed, greedy agreement
                 ratios.update(lm_ratios(row, base))
         row["vs_baseline"] = ratios
+    if run is not None:
+        _put(run, "set_aside", set_aside(results))
+        _put(run, "busy", busy_reasons(results))
     return results
 
 
@@ -102,5 +140,6 @@ def to_csv(results: dict[str, Any]) -> str:
         cells = [c for c in row.get("latency", []) if "median_ms" in c]
         for cell in cells or [{}]:
             writer.writerow(common | {k: cell.get(k) for k in ("batch_size", "seq_length", "median_ms", "p90_ms",
-                                                                 "p99_ms", "count", "throughput_sps", "speedup")})
+                                                                 "p99_ms", "count", "throughput_sps", "speedup",
+                                                                 "unreliable", "order")})
     return buffer.getvalue()

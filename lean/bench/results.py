@@ -20,7 +20,9 @@ from typing import Any
 
 from lean.errors import LeanError
 
-SCHEMA_VERSION = 1
+# 2: a cell may say why its figures are `unreliable` and note an impossible `order`; run.machine, run.set_aside
+# and run.busy. Version 1 files read as before (no cell of theirs is marked).
+SCHEMA_VERSION = 2
 STATUSES = ("ok", "failed", "skipped", "timeout", "oom", "interrupted")
 
 
@@ -63,6 +65,8 @@ class Cell:
     speedup: float | None = None
     speedup_interval: list[float] | None = None
     skipped: str | None = None  # why this variant does not measure the cell
+    unreliable: str | None = None  # why its rounds do not support its figures (lean.bench.reliability)
+    order: str | None = None  # a cell with less work measured much slower (or more, faster) than this one
     extra: dict[str, Any] = field(default_factory=dict)
     nulls: tuple[str, ...] = field(default=(), repr=False, compare=False)
 
@@ -76,6 +80,11 @@ class Cell:
     @property
     def measured(self) -> bool:
         return self.median_ms is not None
+
+    @property
+    def reliable(self) -> bool:
+        """Measured, and its rounds support its figures and its speedup."""
+        return self.measured and not self.unreliable
 
 
 @dataclass

@@ -28,6 +28,7 @@ from typing import Any
 from lean.bench.chains import BuildError, Chains, source_key
 from lean.bench.history import note_machine_state
 from lean.bench.launcher import Child, terminate_as_interrupt
+from lean.bench.machine import MachineLog
 from lean.bench.plan import (  # noqa: F401
     default_output,
     list_lines,
@@ -39,6 +40,7 @@ from lean.bench.plan import (  # noqa: F401
     task_spec,
 )
 from lean.bench.progress import Progress
+from lean.bench.reliability import MIN_QUIET_ROUNDS
 from lean.bench.report import finalize, write_reports
 from lean.bench.results import SCHEMA_VERSION
 from lean.bench.scheduler import interleaved_latency
@@ -66,6 +68,8 @@ class BenchOptions:
     quiet: bool = False  # no progress display (the per-variant lines still print)
     rigorous: bool = False  # time every latency cell RIGOROUS_FACTOR times as long (steadier ratios, longer run)
     trust_remote_code: bool = False  # run Python shipped in model directories (`--trust-remote-code`)
+    # a latency cell left with fewer quiet rounds than this is reported unreliable (lean.bench.reliability)
+    min_quiet_rounds: int = MIN_QUIET_ROUNDS
 
     def __post_init__(self):
         if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
@@ -75,6 +79,9 @@ class BenchOptions:
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
                                     or not math.isfinite(timeout) or timeout <= 0):
             raise LeanError(f"--timeout must be a positive number of seconds, got {self.timeout_s!r}")
+        if isinstance(self.min_quiet_rounds, bool) or not isinstance(self.min_quiet_rounds, int) \
+                or not 1 <= self.min_quiet_rounds <= 1000:
+            raise LeanError(f"--min-quiet-rounds must be a whole number from 1 to 1000, got {self.min_quiet_rounds!r}")
         runs_dir = Path(self.runs_dir).expanduser()
         if runs_dir.exists() and not runs_dir.is_dir():
             raise LeanError(f"--runs-dir '{runs_dir}' is a file: pass a directory for the cache of built steps")
@@ -111,7 +118,8 @@ class BenchRun:
             "run": {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "finished": None,
                     "wall_s": None, "output": str(self.output.resolve()), "runs_dir": str(self.runs_dir),
                     "device": self.device, "threads": self.threads, "selected": self.names, "interrupted": False,
-                    "steps_built": 0, "rigorous": options.rigorous, "quiet_tolerance": QUIET_TOLERANCE},
+                    "steps_built": 0, "rigorous": options.rigorous, "quiet_tolerance": QUIET_TOLERANCE,
+                    "min_quiet_rounds": options.min_quiet_rounds},
             "environment": environment(self.device) | {"threads": self.threads},
             "task": task.describe(),
             "baseline": suite.baseline,
@@ -122,6 +130,7 @@ class BenchRun:
         self.teacher_error: BuildError | None = None
         self.pending: list = []  # loaded variants whose latency is timed in turn once all are loaded
         self.early: dict[str, Child] = {}  # measuring subprocesses started before their variant's turn
+        self.machine = MachineLog()  # load and CPU frequency before, during and after the timing
 
     def teacher_dir(self, records: list[dict]) -> tuple[Path, str]:
         """The teacher's directory and chain key, built once per run (a failure is remembered)."""
@@ -156,6 +165,7 @@ class BenchRun:
             self.logs.mkdir(exist_ok=True)
             (self.logs / "task.json").write_text(json.dumps(task_spec(self.suite)))  # for subprocesses started early
             started = time.time()
+            self.machine.sample("before")
             self.progress.start()
             previous_term = terminate_as_interrupt()
             try:
@@ -175,13 +185,15 @@ class BenchRun:
                 self.early.pop(name).finish(timeout_s=10)
             self.results["variants"].append(row)
             self.results["run"]["steps_built"] = self.chains.builds
+            if not row.get("pending"):  # timed in its own turn (an interleaved row is timed below)
+                self.machine.sample("during")
             finalize(self.results)
             write_reports(self.results, self.output)
             self.progress.done(index + 1)
             print_row(self.progress.console, row, self.results)
         if self.pending:
             self.progress.section(f"latency of {len(self.pending)} variants, timed in turn")
-            interleaved_latency(self.pending, self.progress)
+            interleaved_latency(self.pending, self.progress, lambda: self.machine.sample("during"))
             finalize(self.results)
             write_reports(self.results, self.output)
             for p in self.pending:
@@ -212,6 +224,8 @@ class BenchRun:
         run["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         run["wall_s"] = round(time.time() - started, 1)
         run["steps_built"] = self.chains.builds
+        self.machine.sample("after")
+        run["machine"] = self.machine.record()
         finalize(self.results)
         write_reports(self.results, self.output)
 

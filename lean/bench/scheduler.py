@@ -21,7 +21,7 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from lean.bench import protocol
 from lean.bench.launcher import Child, wait_until_idle
@@ -89,8 +89,9 @@ def rewarm_calls(times: list[float]) -> int:
 class Interleaved:
     """The rounds of one interleaved latency phase over `pending`, and the rows they complete."""
 
-    def __init__(self, pending: list[Pending], progress):
+    def __init__(self, pending: list[Pending], progress, on_round: Callable[[], None] | None = None):
         self.pending, self.progress = pending, progress
+        self.on_round = on_round  # called as each round starts (the runner samples the machine's load)
         self.keys: list[tuple[int, int]] = []  # every variant's cells, in suite order
         for p in pending:
             self.keys += [(b, s) for b in p.measure.batch_sizes for s in p.measure.seq_lengths
@@ -125,6 +126,8 @@ class Interleaved:
                 left = self.calls_left(extra)
                 if left <= 0 or (extra and time.perf_counter() - started > planned_s * (1 + EXTRA_SHARE)):
                     break
+                if self.on_round is not None:
+                    self.on_round()
                 self.progress.phase(f"latency round {round_ + 1}: every cell, {len(self.pending)} variants in turn, "
                                     f"about {left} timed calls to go"
                                     + (" (more rounds: the machine ran slower in some)" if extra else ""))
@@ -184,6 +187,6 @@ class Interleaved:
                     settle_cell(cell, mine, self.quiet[key])
 
 
-def interleaved_latency(pending: list[Pending], progress) -> None:
+def interleaved_latency(pending: list[Pending], progress, on_round: Callable[[], None] | None = None) -> None:
     """Time every pending variant's latency cells in rounds, then complete each row (see Interleaved)."""
-    Interleaved(pending, progress).run()
+    Interleaved(pending, progress, on_round).run()

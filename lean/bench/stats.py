@@ -63,36 +63,66 @@ def throughput(batch_size: int, median_ms: float) -> float:
 
 # ---- intervals -----------------------------------------------------------------------------------------
 
+MIN_INTERVAL_ROUNDS = 4  # fewer quiet rounds shared by both variants than this: no interval, "too few rounds"
+
+
+def _round_calls(base: list[dict] | None, mine: list[dict] | None) -> list[tuple[list[float], list[float]]]:
+    """Per quiet round that both variants visited: (the baseline's calls, the variant's calls), in ms."""
+    by_round: dict[int, tuple[list[float], list[float]]] = {}
+    for side, visits in ((0, base), (1, mine)):
+        for visit in visits or []:
+            if visit.get("quiet", True):
+                by_round.setdefault(visit["round"], ([], []))[side].extend(visit["ms"])
+    return [calls for calls in by_round.values() if calls[0] and calls[1]]
+
+
+def interval_rounds(base: list[dict] | None, mine: list[dict] | None) -> int:
+    """How many quiet rounds the speedup's interval can draw on (rounds both variants were timed in)."""
+    return len(_round_calls(base, mine))
+
+
+def _student_t_spread(rounds: list[tuple[list[float], list[float]]], level: float) -> float:
+    """The half-width (as a factor, 1.0 = none) of a Student-t interval of the per-round speedups (their
+    logarithms, their spread taken robustly): with few rounds the t quantile grows, so the interval
+    carries the uncertainty that a handful of rounds has."""
+    import math
+
+    from scipy.stats import t
+
+    logs = [math.log(statistics.median(b) / statistics.median(m)) for b, m in rounds]
+    centre = statistics.median(logs)
+    # the median absolute deviation, scaled to a normal's standard deviation: one odd round (a first call
+    # that still found cold caches) must not stand for the spread of all of them
+    scale = 1.4826 * statistics.median(abs(x - centre) for x in logs)
+    return math.exp(t.ppf((1 + level) / 2, len(logs) - 1) * scale / math.sqrt(len(logs)))
+
+
 def speedup_interval(base: list[dict] | None, mine: list[dict] | None, resamples: int = 400,
                      level: float = 0.90) -> list[float] | None:
-    """A bootstrap interval of the speedup (ratio of medians) over the interleaved rounds: resample the
-    rounds with replacement, keep both variants' calls from the rounds drawn, take the ratio of their
-    Harrell-Davis medians; -> [low, high] holding `level` of the ratios. Its width is how far the ratio
-    moved with the machine's speed during the run. Only quiet rounds count (visits marked
-    `quiet: false` are set aside). Deterministic (fixed seed). None without rounds from both."""
-    base = [v for v in base or [] if v.get("quiet", True)]
-    mine = [v for v in mine or [] if v.get("quiet", True)]
-    if not base or not mine:
+    """An interval of the speedup (ratio of medians) over the interleaved rounds: the bootstrap (resample
+    the rounds with replacement, keep both variants' calls from the rounds drawn, take the ratio of their
+    Harrell-Davis medians, keep the middle `level` of the ratios), widened to the Student-t interval of
+    the per-round speedups (around the ratio over every quiet call). Its width is how far the ratio moved with the machine's speed during the run;
+    the t part keeps a handful of rounds from reading as certainty (a bootstrap of a few rounds is too
+    narrow). Only quiet rounds count (visits marked `quiet: false` are set aside). Deterministic (fixed
+    seed). None with fewer than MIN_INTERVAL_ROUNDS rounds shared by both (`interval_rounds` says how many)."""
+    rounds = _round_calls(base, mine)
+    if len(rounds) < MIN_INTERVAL_ROUNDS:
         return None
-    by_round: dict[int, tuple[list[float], list[float]]] = {}
-    for visit in base:
-        by_round.setdefault(visit["round"], ([], []))[0].extend(visit["ms"])
-    for visit in mine:
-        by_round.setdefault(visit["round"], ([], []))[1].extend(visit["ms"])
-    rounds = list(by_round.values())
     rng = random.Random(0)
     ratios = []
     for _ in range(resamples):
         drawn = [rounds[rng.randrange(len(rounds))] for _ in rounds]
         b = [t for r in drawn for t in r[0]]
         m = [t for r in drawn for t in r[1]]
-        if b and m:
-            ratios.append(quantile(b, 0.5) / quantile(m, 0.5))
-    if len(ratios) < resamples // 2:
-        return None
+        ratios.append(quantile(b, 0.5) / quantile(m, 0.5))
     ratios.sort()
     tail = (1 - level) / 2
-    return [round(ratios[int(tail * (len(ratios) - 1))], 4), round(ratios[int((1 - tail) * (len(ratios) - 1))], 4)]
+    speedup = quantile([t for r in rounds for t in r[0]], 0.5) / quantile([t for r in rounds for t in r[1]], 0.5)
+    spread = _student_t_spread(rounds, level)
+    low, high = speedup / spread, speedup * spread
+    return [round(min(low, ratios[int(tail * (len(ratios) - 1))]), 4),
+            round(max(high, ratios[int((1 - tail) * (len(ratios) - 1))]), 4)]
 
 
 def interval_spread(cell: dict[str, Any]) -> float | None:

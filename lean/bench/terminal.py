@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from lean.bench.figures import cell_at, fmt, grid, latency_text, mb, peak_memory_mb
+from lean.bench.figures import cell_at, distrusted_cells, fmt, grid, latency_text, mb, peak_memory_mb
+from lean.bench.reliability import busy_line
 
 
 def results_table(results: dict[str, Any]):
@@ -38,6 +39,10 @@ def results_table(results: dict[str, Any]):
         table.add_row(row["name"], status, *values, *[latency_text(cell_at(row, key)) for key in cells],
                       f"{peak:.0f}" if peak else "",
                       f"{mb(size['weights_bytes']):.1f}" if size.get("weights_bytes") else "")
+    distrusted = distrusted_cells(results)
+    if distrusted:  # said beside the table, so no figure in it reads as clean
+        table.caption = "\n".join([busy_line(results) or ""] + distrusted[:12]
+                                   + ([f"... {len(distrusted) - 12} more in report.md"] if len(distrusted) > 12 else []))
     return table
 
 
