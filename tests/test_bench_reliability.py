@@ -254,6 +254,41 @@ def test_a_run_beside_cpu_hogs_says_so(tmp_path, tiny_bert_dir, bbc_csv, monkeyp
     assert on_disk["run"]["machine"] == machine and on_disk["run"].get("busy") == results["run"].get("busy")
 
 
+def test_lean_optimize_never_chooses_on_an_unreliable_latency(tmp_path):
+    from lean.optimize.config import Budget
+    from lean.optimize.report import summary, to_markdown
+    from lean.optimize.space import Candidate
+    from lean.optimize.strategy import Search
+    from lean.optimize.trials import Figures, TrialStore
+
+    def candidate(name):
+        return Candidate(name, name, "torch", [], {"attention": name}, [], 1.0)  # its own key
+
+    quality = {"accuracy": 0.95}
+    figures = {"teacher": Figures(validation=quality, test=quality, latency_ms=100.0),
+               # the fastest on paper, but timed while the machine was busy
+               "busy": Figures(validation=quality, test=quality, latency_ms=5.0,
+                               latency_unreliable="1 of 14 rounds quiet (fewer than 5)"),
+               "steady": Figures(validation=quality, test=quality, latency_ms=40.0)}
+    search = Search([candidate("busy"), candidate("steady")], candidate("teacher"), lambda c, mode: figures[c.name],
+                    Budget(max_drop=1.0), "latency", TrialStore(tmp_path / "trials.jsonl"), log=lambda line: None)
+    outcome = search.run()
+    assert outcome.chosen.name == "steady" and outcome.met_budget
+    busy = next(t for t in outcome.trials if t.name == "busy")
+    assert busy.passed and "ranked last" in search.line(busy)
+    # a memory objective does not depend on the latency cell: the busy candidate may win it
+    assert not Search([], candidate("teacher"), None, Budget(max_drop=1.0), "memory",
+                      TrialStore(tmp_path / "m.jsonl")).unreliable(busy)
+    # when only the unreliable one passes, it is kept, and the summary and report say its speedup is no figure
+    only = Search([candidate("busy")], candidate("teacher"), lambda c, mode: figures[c.name], Budget(max_drop=1.0),
+                  "latency", TrialStore(tmp_path / "only.jsonl"), log=lambda line: None).run()
+    data = summary(only, Budget(max_drop=1.0), "latency", {"target": {"device": "cpu", "batch_size": 1,
+                                                                      "seq_length": 128, "threads": 2}})
+    assert data["speedup_unreliable"] == "chosen 1 of 14 rounds quiet (fewer than 5)"
+    assert data["chosen_figures"]["latency_unreliable"] == "1 of 14 rounds quiet (fewer than 5)"
+    assert "(speedup 20x, unreliable: chosen 1 of 14 rounds quiet" in to_markdown(only, data, Budget(max_drop=1.0))
+
+
 def test_history_and_compare_leave_unreliable_speedups_out():
     from lean.bench.compare import compare_runs, format_comparison
     from lean.bench.history import baseline_cells, variant_speedups

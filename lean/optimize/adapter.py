@@ -122,6 +122,7 @@ def figures_from_results(results: dict[str, Any], target: Target) -> Figures:
     for cell in row.get("latency") or []:
         if cell.get("batch_size") == target.batch_size and cell.get("seq_length") == target.seq_length:
             figures.latency_ms = cell.get("median_ms")
+            figures.latency_unreliable = cell.get("unreliable")
             figures.throughput_sps = cell.get("throughput_sps")
     memory = row.get("memory") or {}
     figures.peak_memory_mb = memory.get("cuda_peak_mb") if target.device == "cuda" else memory.get("peak_rss_mb")

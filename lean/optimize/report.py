@@ -32,6 +32,10 @@ def summary(outcome: Outcome, budget: Budget, objective: str, settings: dict[str
         points = budget.metric == "accuracy" and not budget.relative
         out.update({
             "speedup": _ratio(ref.latency_ms, chosen.latency_ms),  # teacher latency / chosen latency, target cell
+            # why the speedup is no measurement: a latency whose rounds do not support it (lean.bench.reliability)
+            "speedup_unreliable": "; ".join(f"{who} {why}" for who, why in (("teacher", ref.latency_unreliable),
+                                                                          ("chosen", chosen.latency_unreliable))
+                                            if why) or None,
             "throughput_ratio": _ratio(chosen.throughput_sps, ref.throughput_sps),
             "memory_ratio": _ratio(chosen.peak_memory_mb, ref.peak_memory_mb),
             "weights_ratio": _ratio(chosen.weights_bytes, ref.weights_bytes),
@@ -55,7 +59,8 @@ def _round(value: float | None) -> float | None:
 
 def _figures(t: Trial) -> dict[str, Any]:
     return {"name": t.name, "chain": t.chain, "load": t.load, "validation": t.validation, "test": t.test,
-            "latency_ms": t.latency_ms, "throughput_sps": t.throughput_sps, "peak_memory_mb": t.peak_memory_mb,
+            "latency_ms": t.latency_ms, "latency_unreliable": t.latency_unreliable,
+            "throughput_sps": t.throughput_sps, "peak_memory_mb": t.peak_memory_mb,
             "weights_bytes": t.weights_bytes, "model_dir": t.model_dir}
 
 
@@ -88,7 +93,8 @@ def to_markdown(outcome: Outcome, data: dict[str, Any], budget: Budget) -> str:
         lines += ["| | teacher | chosen |", "| --- | --- | --- |",
                   f"| validation {metric} | {_fmt(ref.validation.get(metric))} | {_fmt(chosen.validation.get(metric))} |",
                   f"| test {metric} | {_fmt(ref.test.get(metric))} | {_fmt(chosen.test.get(metric))} |",
-                  f"| latency ms | {_fmt(ref.latency_ms)} | {_fmt(chosen.latency_ms)} (speedup {_fmt(data.get('speedup'))}x) |",
+                  f"| latency ms | {_fmt(ref.latency_ms)} | {_fmt(chosen.latency_ms)} (speedup {_fmt(data.get('speedup'))}x"
+                  + (f", unreliable: {data['speedup_unreliable']}" if data.get("speedup_unreliable") else "") + ") |",
                   f"| throughput /s | {_fmt(ref.throughput_sps)} | {_fmt(chosen.throughput_sps)} |",
                   f"| peak memory MB | {_fmt(ref.peak_memory_mb)} | {_fmt(chosen.peak_memory_mb)} |",
                   f"| weights MiB | {_mib(ref.weights_bytes)} | {_mib(chosen.weights_bytes)} |", ""]

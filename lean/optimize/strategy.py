@@ -30,6 +30,7 @@ from lean.optimize.config import OBJECTIVES, Budget
 from lean.optimize.space import TEACHER, Candidate
 from lean.optimize.trials import Figures, Trial, TrialStore
 
+LATENCY_FIELDS = ("latency_ms", "throughput_sps")  # the objectives measured in a latency cell
 # a probe is pruned only when it is this much slower (or larger) than the best passing candidate:
 # a probe and its trained model share an architecture, but two measurements on a shared machine differ
 PRUNE_MARGIN = 0.05
@@ -73,15 +74,20 @@ class Search:
             return None
         return -value if self.larger_better else value
 
+    def unreliable(self, trial: Trial | Figures) -> bool:
+        """Whether the objective is a latency figure its rounds do not support (lean.bench.reliability):
+        such a trial is ranked after every trial whose figure holds, and prunes nothing."""
+        return self.field in LATENCY_FIELDS and bool(trial.latency_unreliable)
+
     def best(self) -> Trial | None:
         passing = [t for t in self.trials if t.kind == "candidate" and t.passed and self.cost(t) is not None]
-        return min(passing, key=lambda t: (self.cost(t), t.loss), default=None)
+        return min(passing, key=lambda t: (self.unreliable(t), self.cost(t), t.loss), default=None)
 
     def closest(self) -> Trial | None:
         """The measured candidate nearest the budget (by its validation loss), when none passes."""
         scored = [t for t in self.trials if t.kind == "candidate" and t.status == "ok" and t.loss is not None]
-        return min(scored, key=lambda t: (t.loss, self.cost(t) if self.cost(t) is not None else float("inf")),
-                   default=None)
+        return min(scored, key=lambda t: (t.loss, self.unreliable(t),
+                                          self.cost(t) if self.cost(t) is not None else float("inf")), default=None)
 
     def time_left(self) -> float | None:
         return None if self.deadline is None else max(0.0, self.deadline - self.clock())
@@ -162,7 +168,8 @@ class Search:
             if probe.status != "ok":  # the same chain with an untrained student: a trained one fails there too
                 return self._skip(candidate, "pruned", f"its untrained probe {probe.status}: {first_line(probe.error, 160)}")
             cost, bound = self.cost(probe), self.cost(best)
-            if cost is not None and cost >= bound + abs(bound) * PRUNE_MARGIN:
+            if cost is not None and cost >= bound + abs(bound) * PRUNE_MARGIN \
+                    and not self.unreliable(probe) and not self.unreliable(best):
                 return self._skip(candidate, "pruned", f"its untrained probe ({self._value(probe)}) cannot beat "
                                                        f"{best.name} ({self._value(best)})")
             if self.deadline is not None and self.clock() >= self.deadline:  # no distillation past the budget
@@ -221,7 +228,8 @@ class Search:
             loss = "" if trial.loss is None or trial.kind == "reference" else \
                 f" ({self._loss_text(trial.loss)}, {'within' if trial.passed else 'over'} budget)"
             quality = f"{quality:.4f}" if isinstance(quality, (int, float)) else "-"
-            result = f"validation {self.budget.metric} {quality}{loss}, {self.objective} {self._value(trial)}"
+            result = f"validation {self.budget.metric} {quality}{loss}, {self.objective} {self._value(trial)}" \
+                + (" (unreliable: the machine was busy; ranked last)" if self.unreliable(trial) else "")
         best = self.best()
         best_text = f"best {best.name} {self._value(best)}" if best else "no passing candidate yet"
         left = self.time_left()

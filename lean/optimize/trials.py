@@ -27,6 +27,8 @@ class Figures:
     validation: dict[str, Any] = field(default_factory=dict)  # {accuracy, macro_f1, n} or {perplexity}
     test: dict[str, Any] = field(default_factory=dict)
     latency_ms: float | None = None  # median at the target's batch size and sequence length
+    # why that cell's rounds do not support its figures (lean.bench.reliability); None: they do
+    latency_unreliable: str | None = None
     throughput_sps: float | None = None
     peak_memory_mb: float | None = None
     weights_bytes: int | None = None
