@@ -89,7 +89,8 @@ def set_aside(results: dict[str, Any]) -> dict[str, int] | None:
 
 def busy_reasons(results: dict[str, Any]) -> list[str]:
     """Why the machine was busy during the run ([] when nothing says so): most of the baseline's rounds
-    set aside, a load average past the CPUs, unreliable speedups."""
+    set aside, a load average past the CPUs, more tasks running than CPUs, unreliable cells (the
+    baseline's own included)."""
     reasons = []
     aside = set_aside(results)
     if aside and aside["rounds"] > BUSY_SET_ASIDE * aside["of"]:
@@ -102,10 +103,9 @@ def busy_reasons(results: dict[str, Any]) -> list[str]:
     # sampled between visits, when the harness's own processes are idle: the rest is other work
     if cpus and during.get("running_median") is not None and during["running_median"] - 1 > cpus:
         reasons.append(f"{during['running_median'] - 1:g} other tasks running at once on {cpus} CPUs (median)")
-    unreliable = sum(1 for r in results.get("variants", []) if r.get("name") != results.get("baseline")
-                     for c in r.get("latency") or [] if c.get("unreliable"))
+    unreliable = sum(1 for r in results.get("variants", []) for c in r.get("latency") or [] if c.get("unreliable"))
     if unreliable:
-        reasons.append(f"{unreliable} speedup{'s' if unreliable > 1 else ''} unreliable")
+        reasons.append(f"{unreliable} latency cell{'s' if unreliable > 1 else ''} unreliable")
     return reasons
 
 
