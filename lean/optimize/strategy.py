@@ -27,6 +27,7 @@ from typing import Callable
 
 from lean.errors import LeanError, first_line
 from lean.optimize.config import OBJECTIVES, Budget
+from lean.optimize.levels import PLAINER_MARGIN, export_level, plainer_export
 from lean.optimize.space import TEACHER, Candidate
 from lean.optimize.trials import Figures, Trial, TrialStore
 
@@ -79,9 +80,21 @@ class Search:
         such a trial is ranked after every trial whose figure holds, and prunes nothing."""
         return self.field in LATENCY_FIELDS and bool(trial.latency_unreliable)
 
-    def best(self) -> Trial | None:
+    def fastest(self) -> Trial | None:
         passing = [t for t in self.trials if t.kind == "candidate" and t.passed and self.cost(t) is not None]
         return min(passing, key=lambda t: (self.unreliable(t), self.cost(t), t.loss), default=None)
+
+    def best(self) -> Trial | None:
+        """The fastest passing candidate, or the plainest export of its chain (unfused; int8-dynamic) that also
+        passes and is within PLAINER_MARGIN of it (lean.optimize.levels)."""
+        fastest = self.fastest()
+        if fastest is None:
+            return None
+        bound = self.cost(fastest) + abs(self.cost(fastest)) * PLAINER_MARGIN
+        plainer = [t for t in self.trials if t.kind == "candidate" and t.passed and self.cost(t) is not None
+                   and self.cost(t) <= bound and self.unreliable(t) <= self.unreliable(fastest)
+                   and plainer_export(fastest.chain, t.chain)]
+        return min(plainer, key=lambda t: (export_level(t.chain)[0], self.cost(t)), default=fastest)
 
     def closest(self) -> Trial | None:
         """The measured candidate nearest the budget (by its validation loss), when none passes."""
@@ -200,7 +213,10 @@ class Search:
                 self.log(self.line(trial))
         except KeyboardInterrupt:
             stop, interrupted = "interrupted (Ctrl-C): every finished trial is kept", True
-        best = self.best()
+        best, fastest = self.best(), self.fastest()
+        if best is not fastest:
+            self.log(f"{best.name} is chosen over {fastest.name} ({self._value(best)} vs {self._value(fastest)}): "
+                     f"a more optimized export must be more than {PLAINER_MARGIN:.0%} faster than its plainer form")
         chosen = best or self.closest()
         return Outcome(self.ref, self.trials, chosen, best is not None, stop, interrupted, dict(self.measured))
 
