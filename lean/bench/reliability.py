@@ -32,8 +32,8 @@ MAX_DRIFT = 0.30
 ORDER_FACTOR = 1.5
 # Busy: more than this share of the baseline's cell rounds set aside...
 BUSY_SET_ASIDE = 0.5
-# ...or a load average above the logical CPUs plus this (the harness itself runs at most one variant's
-# threads, one per physical core, at a time).
+# ...or a load average during the timing above the logical CPUs plus this (the harness itself runs at
+# most one variant's threads, one per physical core, at a time).
 BUSY_LOAD_MARGIN = 1.0
 
 
@@ -97,9 +97,11 @@ def busy_reasons(results: dict[str, Any]) -> list[str]:
         reasons.append(f"{aside['rounds']} of the baseline's {aside['of']} cell rounds were set aside as slow")
     machine = (results.get("run") or {}).get("machine") or {}
     during, cpus = machine.get("during") or {}, machine.get("cpus")
-    loads = [v for v in [(machine.get("before") or {}).get("load1"), during.get("load1_max")] if v is not None]
-    if cpus and loads and max(loads) > cpus + BUSY_LOAD_MARGIN:
-        reasons.append(f"load average up to {max(loads):.1f} on {cpus} CPUs")
+    # the median over the timing's rounds: the load before the run (an install just finished) or at its
+    # first rounds (this run's own builds, decaying) says little about the rounds themselves
+    load = during.get("load1_median")
+    if cpus and load is not None and load > cpus + BUSY_LOAD_MARGIN:
+        reasons.append(f"load average {load:.1f} on {cpus} CPUs (median over the timing)")
     # sampled between visits, when the harness's own processes are idle: the rest is other work
     if cpus and during.get("running_median") is not None and during["running_median"] - 1 > cpus:
         reasons.append(f"{during['running_median'] - 1:g} other tasks running at once on {cpus} CPUs (median)")
