@@ -61,7 +61,7 @@ def finetune(
     from lean.finetune import finetune as run_finetune
     from lean.steps import check_output_dir
 
-    check_output_dir(output, overwrite, model)
+    check_output_dir(output, overwrite, model, [task])
     if model is None and init_config is None:
         raise LeanError("give a MODEL to fine-tune, or --init-config NAME to train a causal LM from scratch")
     config = FinetuneConfig(task=task, text_column=text_column, label_column=label_column, epochs=epochs, lr=lr,
@@ -120,7 +120,7 @@ def distill(
     from lean.distill import distill as run_distill
     from lean.steps import check_output_dir
 
-    check_output_dir(output, overwrite, teacher)
+    check_output_dir(output, overwrite, teacher, [task, student])
     config = DistillConfig(task=task, text_column=text_column, label_column=label_column, kind=kind,
                            student_layers=student_layers, layer_map=layer_map, student=student,
                            student_config=student_config or None, epochs=epochs, lr=lr, batch_size=batch_size,
@@ -181,7 +181,7 @@ def quantize(
         max_length=max_length, evaluate=not no_eval, max_eval_samples=max_eval_samples, device=device,
         trust_remote_code=trust_remote_code)
     check_source(model)
-    check_output_dir(output, overwrite, model)
+    check_output_dir(output, overwrite, model, [task])
     out = quantize_dir(model, config, str(output), overwrite=overwrite)
     from lean.models import read_manifest
 
@@ -242,7 +242,7 @@ def export(
     from lean.models import read_manifest
     from lean.steps import check_output_dir
 
-    check_output_dir(output, overwrite, model)
+    check_output_dir(output, overwrite, model, [task])
     config = ExportConfig(task=task, text_column=text_column, label_column=label_column, exporter=exporter, opset=opset,
                           optimize=optimize, fp16=fp16, quantize=quantize, calibration_samples=calibration_samples, atol=atol,
                           max_metric_drop=max_metric_drop, min_agreement=min_agreement,
@@ -415,10 +415,10 @@ def bench(
 
         typer.echo("\n".join(list_lines(suite, selected, device, trust_remote_code)))
         return
-    from lean.bench.runner import BenchOptions, default_output, run_bench
+    from lean.bench.runner import BenchOptions, default_output, run_bench, suite_inputs
     from lean.steps import check_output_dir
 
-    out = check_output_dir(output or default_output(suite), overwrite)
+    out = check_output_dir(output or default_output(suite), overwrite, inputs=suite_inputs(suite))
     options = BenchOptions(output=out, runs_dir=runs_dir, variants=selected, timeout_s=timeout, device=device,
                            threads=threads, overwrite=overwrite, rigorous=rigorous, trust_remote_code=trust_remote_code,
                            **({} if min_quiet_rounds is None else {"min_quiet_rounds": min_quiet_rounds}))

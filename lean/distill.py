@@ -148,10 +148,11 @@ def _parse_overrides(values) -> dict[str, Any]:
 
 def distill(teacher: str, config: DistillConfig, output: str, overwrite: bool = False) -> Path:
     """Distill `teacher` (a model directory) into a student written to `output`."""
-    from lean.steps import check_output_dir, run_step
+    from lean.steps import check_output_dir, run_step, step_inputs
 
-    if config.checkpoint_dir:  # both checked before any work
-        check_checkpoint_location(config.checkpoint_dir, check_output_dir(output, overwrite, teacher), teacher)
+    if config.checkpoint_dir:  # both checked before any work (the student, a task file: inputs, never replaced)
+        check_checkpoint_location(config.checkpoint_dir, check_output_dir(output, overwrite, teacher,
+                                                                          step_inputs(config)), teacher)
     return run_step("distill", teacher, config, output, overwrite=overwrite)
 
 

@@ -23,12 +23,13 @@ import time
 from contextlib import contextmanager, nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from lean import __version__
 from lean.errors import LeanError
 from lean.locks import output_lock
-from lean.models import MANIFEST, environment, manifest_hash, resolve_model, write_manifest
+from lean.models import environment, manifest_hash, resolve_model, write_manifest
+from lean.outputs import remove_output, seal, why_not_replaceable
 
 # name -> ("module:step function", "module:config dataclass")
 STEPS: dict[str, tuple[str, str]] = {
@@ -81,16 +82,6 @@ def config_hash(step: str, config: Any, parent: str | None = None) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
-# A directory holding either of these was written by lean: --overwrite may replace it, nothing else.
-RUN_FILES = ("results.json", "report.md")  # a finished `lean bench` run
-
-
-def is_lean_output(path: str | os.PathLike) -> bool:
-    """True when `path` is a directory lean wrote: it holds lean.json, or a bench run's results.json and report.md."""
-    path = Path(path)
-    return path.is_dir() and ((path / MANIFEST).is_file() or all((path / name).is_file() for name in RUN_FILES))
-
-
 def _covers(outer: Path, inner: Path) -> bool:
     """`outer` is `inner` or one of its ancestors (both resolved): replacing `outer` would remove `inner`."""
     return outer == inner or outer in inner.parents
@@ -107,9 +98,29 @@ def _source_dir(source: str | os.PathLike | None) -> Path | None:
     return found.resolve() if found.is_dir() else None
 
 
-def check_target(path: str | os.PathLike, what: str, option: str, source: str | os.PathLike | None = None) -> Path:
+def step_inputs(config: Any) -> list[str]:
+    """The local paths a step's config reads besides its source: the task file or directory, a distill student."""
+    values = config_dict(config)
+    return [str(values[k]) for k in ("task", "student") if isinstance(values.get(k), (str, os.PathLike))]
+
+
+def _local_inputs(source, inputs) -> list[tuple[str, str, Path]]:
+    """(what, as given, resolved path) of every input of the run that exists on this machine."""
+    found = []
+    source_dir = _source_dir(source)
+    if source_dir is not None:
+        found.append(("the input model", str(source), source_dir))
+    for given in inputs:
+        if given is not None and not str(given).startswith("init:") and Path(str(given)).expanduser().exists():
+            found.append(("the input", str(given), Path(str(given)).expanduser().resolve()))
+    return found
+
+
+def check_target(path: str | os.PathLike, what: str, option: str, source: str | os.PathLike | None = None,
+                 inputs: Iterable[str | os.PathLike | None] = ()) -> Path:
     """The path to write for `path` (a symlink resolved), refused with one line when writing there could lose data:
-    under a file, the working directory or an ancestor of it, the input model or an ancestor of it."""
+    under a file, the working directory or an ancestor of it, an input of the run (the model `source`, a task
+    file, a student, a suite, a space), an ancestor of one, or a path inside an input directory."""
     given = Path(path).expanduser()
     real = given.resolve()
     for parent in real.parents:  # the nearest existing ancestor must be a directory
@@ -124,27 +135,32 @@ def check_target(path: str | os.PathLike, what: str, option: str, source: str | 
     if cwd is not None and _covers(real, cwd):
         raise LeanError(f"{what} '{given}' is the working directory or one of its parents: "
                         f"choose a new directory for {option}")
-    source_dir = _source_dir(source)
-    if source_dir is not None and _covers(real, source_dir):
-        raise LeanError(f"{what} '{given}' is the input model '{source}' or one of its parents: "
-                        f"choose a new directory for {option}")
+    for label, name, input_path in _local_inputs(source, inputs):
+        if _covers(real, input_path):
+            raise LeanError(f"{what} '{given}' is {label} '{name}' or one of its parents: "
+                            f"choose a new directory for {option}")
+        if input_path.is_dir() and input_path in real.parents:
+            raise LeanError(f"{what} '{given}' is inside {label} '{name}', which lean never changes: "
+                            f"choose a directory outside it for {option}")
     if real.exists() and not real.is_dir():
         raise LeanError(f"{what} '{given}' exists and is a file: choose another {option}")
     return real if given.is_symlink() else given
 
 
-def check_output_dir(out: str | os.PathLike, overwrite: bool = False, source: str | os.PathLike | None = None) -> Path:
+def check_output_dir(out: str | os.PathLike, overwrite: bool = False, source: str | os.PathLike | None = None,
+                     inputs: Iterable[str | os.PathLike | None] = ()) -> Path:
     """The directory a step or bench run writes, checked before any work (a symlinked -o is resolved first).
 
-    An existing non-empty directory needs --overwrite, and --overwrite replaces only what lean wrote
-    (`is_lean_output`); see docs/security.md."""
-    out = check_target(out, "output", "-o", source)
+    An existing non-empty directory needs --overwrite, and --overwrite replaces only a directory lean can
+    prove it wrote, holding nothing else (lean.outputs); never an input of the run. See docs/security.md."""
+    inputs = list(inputs)
+    out = check_target(out, "output", "-o", source, inputs)
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
             raise LeanError(f"output directory '{out}' exists and is not empty: choose another -o or pass --overwrite")
-        if not is_lean_output(out):
-            raise LeanError(f"--overwrite replaces only a directory lean wrote (one holding {MANIFEST}, or a bench "
-                            f"run's {' and '.join(RUN_FILES)}), and '{out}' is not one: choose another -o")
+        why = why_not_replaceable(out)
+        if why is not None:
+            raise LeanError(f"--overwrite replaces only a directory lean wrote, and '{out}' {why}")
     return out
 
 
@@ -155,10 +171,33 @@ def _directory_mode() -> int:
     return 0o777 & ~mask
 
 
+class SwapRefused(LeanError):
+    """The output changed while the step ran: the finished result is kept beside it instead."""
+
+
+def _swap(tmp: Path, out: Path, overwrite: bool) -> None:
+    """Put `tmp` in place of `out`, checking `out` again now: it may have appeared or changed while lean worked."""
+    if out.is_dir() and not out.is_symlink() and not any(out.iterdir()):
+        out.rmdir()  # empty: nothing to lose
+    elif out.exists() or out.is_symlink():
+        why = "exists and is not empty (it appeared while lean ran)" if not overwrite else why_not_replaceable(out)
+        if why is None:
+            try:
+                remove_output(out)
+            except LeanError as e:
+                why = str(e).removeprefix(f"'{out}' ")
+        if why is not None:
+            raise SwapRefused(f"output '{out}' {why}; nothing was replaced, and the new result is in '{tmp}'")
+    os.replace(tmp, out)
+
+
 @contextmanager
-def atomic_dir(out: Path) -> Iterator[Path]:
-    """A temp dir beside `out` to write into, renamed into place (replacing `out`) when the block ends;
-    removed instead when the block raises or is interrupted, so `out` is never half-written."""
+def atomic_dir(out: Path, overwrite: bool = False, record: str | None = "lean.json") -> Iterator[Path]:
+    """A temp dir beside `out` to write into, marked as lean's (lean.outputs.seal) and renamed into place when
+    the block ends; removed instead when the block raises or is interrupted, so `out` is never half-written.
+    `out` is checked again at the swap: what is there then is replaced only with `overwrite` and only when
+    lean can prove it wrote it; otherwise the result stays in the temp dir and the swap is refused.
+    `record`: the file that carries the marker's id (None: a copy whose lean.json must stay as it is)."""
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
@@ -168,9 +207,10 @@ def atomic_dir(out: Path) -> Iterator[Path]:
         yield tmp
         if tmp.exists():  # (a block may remove it: nothing to put in place)
             os.chmod(tmp, _directory_mode())
-            if out.exists():
-                shutil.rmtree(out)
-            os.replace(tmp, out)
+            seal(tmp, record)
+            _swap(tmp, out, overwrite)
+    except SwapRefused:
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -187,11 +227,12 @@ def run_step(name: str, source: str, config: Any, out: str | os.PathLike, overwr
 
     The output is checked before any work and locked for the whole step, so a second run on the same
     output fails at once instead of racing this one."""
-    out = check_output_dir(out, overwrite, source)
+    inputs = step_inputs(config)
+    out = check_output_dir(out, overwrite, source, inputs)
     fn = fn or step_function(name)
     with output_lock(out) if is_rank_zero() else nullcontext():
-        out = check_output_dir(out, overwrite, source)  # again under the lock: a run may have finished meanwhile
-        with atomic_dir(out) as tmp:
+        out = check_output_dir(out, overwrite, source, inputs)  # again under the lock: a run may have finished meanwhile
+        with atomic_dir(out, overwrite) as tmp:
             start = time.perf_counter()
             extra = fn(source, config, tmp) or {}
             if not is_rank_zero():

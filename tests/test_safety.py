@@ -89,27 +89,29 @@ def test_1_symlinked_output_is_resolved_before_the_checks(in_world):
 
 
 def test_1_overwrite_replaces_a_lean_directory_with_normal_permissions(tmp_path, world):
-    from lean.steps import check_output_dir, is_lean_output, run_step
+    from lean.outputs import MARKER, why_not_replaceable
+    from lean.steps import check_output_dir, run_step
 
-    old = tmp_path / "old-model"
-    old.mkdir()
-    (old / "lean.json").write_text("{}\n")
-    (old / "stale.bin").write_text("x")
-    bench_run = tmp_path / "run"
-    bench_run.mkdir()
-    for name in ("results.json", "report.md"):
-        (bench_run / name).write_text("{}")
-    assert is_lean_output(old) and is_lean_output(bench_run) and not is_lean_output(world / "data")
-    link = tmp_path / "link"
-    link.symlink_to(old)
-    assert check_output_dir(link, overwrite=True) == old.resolve()
+    def earlier(source, config, out):
+        (out / "stale.bin").write_text("x")
 
     def step(source, config, out):
         (out / "weights.txt").write_text("new")
         return {"task": {"name": "t"}}
 
+    old = run_step("fake", str(world / "runs" / "teacher"), {"k": 0}, tmp_path / "old-model", fn=earlier)
+    named_like_a_run = tmp_path / "run"  # lean's file names prove nothing (lean.outputs)
+    named_like_a_run.mkdir()
+    for name in ("results.json", "report.md"):
+        (named_like_a_run / name).write_text("{}")
+    assert why_not_replaceable(old) is None and why_not_replaceable(named_like_a_run) is not None
+    assert why_not_replaceable(world / "data") is not None
+    link = tmp_path / "link"
+    link.symlink_to(old)
+    assert check_output_dir(link, overwrite=True) == old.resolve()
+
     out = run_step("fake", str(world / "runs" / "teacher"), {"k": 1}, link, overwrite=True, fn=step)
-    assert out == old.resolve() and sorted(p.name for p in old.iterdir()) == ["lean.json", "weights.txt"]
+    assert out == old.resolve() and sorted(p.name for p in old.iterdir()) == [MARKER, "lean.json", "weights.txt"]
     mask = os.umask(0)
     os.umask(mask)
     assert (old.stat().st_mode & 0o777) == (0o777 & ~mask)  # not mkdtemp's 0700

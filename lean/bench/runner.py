@@ -54,6 +54,16 @@ from lean.errors import LeanError
 # rounds, so they spread over three times as long: steadier speedups on a noisy machine (the runs that
 # show it are cited in docs/bench.md).
 RIGOROUS_FACTOR = 3
+# What a run writes into its output directory (its marker lists them: --overwrite may replace only these).
+RUN_ENTRIES = ("results.json", "results.csv", "report.md", "pareto.png", "logs/")
+
+
+def suite_inputs(suite: Suite) -> list[str]:
+    """The local paths a run reads (the suite file, a task file, the base, the teacher, measured directories):
+    its output may be none of them, no folder holding one, and nothing inside an input directory."""
+    paths = [suite.file, suite.task, suite.base, suite.teacher if isinstance(suite.teacher, str) else None]
+    paths += [v.start for v in suite.variants.values() if v.start not in ("teacher", "base")]
+    return [str(p) for p in paths if p]
 
 
 @dataclass
@@ -99,7 +109,8 @@ class BenchRun:
         from lean.steps import check_output_dir
 
         self.options = options
-        self.output = check_output_dir(options.output or default_output(suite), options.overwrite)
+        self.output = check_output_dir(options.output or default_output(suite), options.overwrite,
+                                       inputs=suite_inputs(suite))
         if options.rigorous:
             suite = suite.longer(RIGOROUS_FACTOR)
         if options.trust_remote_code:
@@ -161,7 +172,7 @@ class BenchRun:
         from lean.locks import output_lock
 
         with output_lock(self.output, "bench run"):
-            self.output.mkdir(parents=True, exist_ok=True)
+            self._claim_output()
             self.logs.mkdir(exist_ok=True)
             (self.logs / "task.json").write_text(json.dumps(task_spec(self.suite)))  # for subprocesses started early
             started = time.time()
@@ -176,6 +187,18 @@ class BenchRun:
             finally:
                 self._close(previous_term, started)
         return self.results
+
+    def _claim_output(self) -> None:
+        """Under the run's lock: the output checked again, an earlier run there removed (--overwrite, only
+        what lean can prove it wrote), then the directory marked as this run's (lean.outputs)."""
+        from lean.outputs import mark, remove_output
+        from lean.steps import check_output_dir
+
+        check_output_dir(self.output, self.options.overwrite, inputs=suite_inputs(self.suite))
+        if self.output.is_dir() and any(self.output.iterdir()):
+            remove_output(self.output)
+        self.output.mkdir(parents=True, exist_ok=True)
+        self.results["output_id"] = mark(self.output, RUN_ENTRIES, record="results.json")
 
     def _rows(self) -> None:
         for index, name in enumerate(self.names):

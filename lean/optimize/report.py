@@ -178,7 +178,8 @@ def copy_best(chosen: Trial | None, run_dir: Path) -> Path | None:
     if chosen is None or not chosen.model_dir or not Path(chosen.model_dir).is_dir():
         return None
     out = run_dir / "best"
-    with atomic_dir(out) as tmp:
+    # a resumed run's earlier best/ is replaced (lean's, or refused at the swap); the copy's lean.json stays the source's
+    with atomic_dir(out, overwrite=True, record=None) as tmp:
         shutil.rmtree(tmp)
         shutil.copytree(chosen.model_dir, tmp, symlinks=False)
     return out

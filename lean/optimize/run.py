@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -48,42 +47,47 @@ def resolve_teacher(config: OptimizeConfig, space: Space) -> tuple[str, list[dic
     return config.model, [{"finetune": dict(space.finetune)}], task
 
 
-def _check_replaceable(out: Path, model: str) -> None:
-    """--overwrite never removes the working directory or the input model, nor a directory holding either."""
-    target = out.resolve()
-    for what, path in (("the working directory", Path.cwd()), ("the input model", Path(model).expanduser())):
-        if path.exists() and (path.resolve() == target or target in path.resolve().parents):
-            raise LeanError(f"--overwrite would remove '{out}', which holds {what}: choose another -o")
+# What a run writes into its directory (its marker lists them: --overwrite may replace only these).
+RUN_ENTRIES = (RUN_FILE, "trials.jsonl", "trials.json", "summary.json", "report.md", "pareto.png", "bench/", "best/")
 
 
 def prepare_output(config: OptimizeConfig, settings: dict[str, Any]) -> Path:
-    """The run directory: new, resumed (--resume: same teacher, space and target), or replaced (--overwrite,
-    only when it holds an earlier `lean optimize` run)."""
+    """The run directory: new, resumed (--resume: a run lean wrote, same teacher, space and target), or replaced
+    (--overwrite: only a directory lean can prove it wrote, holding nothing else; lean.outputs). Never an input
+    of the run (model, task file, space) or a folder holding one; called under the run's lock."""
     import json
 
-    out = Path(config.output).expanduser()
-    if out.exists() and not out.is_dir():
-        raise LeanError(f"output '{out}' exists and is a file: choose another -o")
+    from lean.outputs import mark, read_marker, remove_output, why_not_replaceable
+    from lean.steps import check_output_dir, check_target
+
+    inputs = [config.task, config.space]
+    out = check_target(config.output, "output", "-o", config.model, inputs)
     earlier = out / RUN_FILE
-    if out.is_dir() and any(out.iterdir()):
-        if not earlier.is_file():
-            raise LeanError(f"output directory '{out}' exists and holds no `lean optimize` run: choose another -o")
-        if config.overwrite:
-            _check_replaceable(out, config.model)
-            shutil.rmtree(out)
-        elif not config.resume:
+    if config.resume:
+        if not (out.is_dir() and any(out.iterdir())):
+            raise LeanError(f"--resume: '{out}' holds no run to continue: drop --resume")
+        why = why_not_replaceable(out, extras=False)
+        if why is not None or not earlier.is_file():
+            raise LeanError(f"--resume continues a `lean optimize` run lean wrote, and '{out}' "
+                            f"{why or 'holds no ' + RUN_FILE}")
+        before = json.loads(earlier.read_text())
+        changed = [k for k in ("teacher", "task", "target", "space") if before.get(k) != settings.get(k)]
+        if changed:
+            raise LeanError(f"'{out}' was run with a different {', '.join(changed)}: --resume continues a run "
+                            "with the same ones (choose another -o for a new search)")
+        output_id = read_marker(out)["id"]
+    else:
+        if out.is_dir() and any(out.iterdir()) and not config.overwrite and earlier.is_file():
             raise LeanError(f"'{out}' holds an earlier `lean optimize` run: pass --resume to continue it "
                             "or --overwrite to start again")
-        else:
-            before = json.loads(earlier.read_text())
-            changed = [k for k in ("teacher", "task", "target", "space") if before.get(k) != settings.get(k)]
-            if changed:
-                raise LeanError(f"'{out}' was run with a different {', '.join(changed)}: --resume continues a run "
-                                "with the same ones (choose another -o for a new search)")
-    elif config.resume:
-        raise LeanError(f"--resume: '{out}' holds no run to continue: drop --resume")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / RUN_FILE).write_text(json.dumps(settings, indent=1, default=str))
+        check_output_dir(out, config.overwrite, config.model, inputs)
+        if out.is_dir() and any(out.iterdir()):
+            if not earlier.is_file():
+                raise LeanError(f"output directory '{out}' holds no `lean optimize` run: choose another -o")
+            remove_output(out)
+        out.mkdir(parents=True, exist_ok=True)
+        output_id = mark(out, RUN_ENTRIES, record=RUN_FILE)
+    (out / RUN_FILE).write_text(json.dumps({**settings, "output_id": output_id}, indent=1, default=str))
     return out
 
 
