@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Any
 
 from lean.bench.figures import cell_at, distrusted_cells, fmt, grid, latency_text, mb, peak_memory_mb
-from lean.bench.reliability import busy_line
 
 
 def results_table(results: dict[str, Any]):
@@ -39,10 +38,11 @@ def results_table(results: dict[str, Any]):
         table.add_row(row["name"], status, *values, *[latency_text(cell_at(row, key)) for key in cells],
                       f"{peak:.0f}" if peak else "",
                       f"{mb(size['weights_bytes']):.1f}" if size.get("weights_bytes") else "")
-    distrusted = distrusted_cells(results)
-    if distrusted:  # said beside the table, so no figure in it reads as clean
-        table.caption = "\n".join([busy_line(results) or ""] + distrusted[:12]
+    distrusted = [line.replace("`", "") for line in distrusted_cells(results)]
+    if distrusted:  # said beside the table, so no figure in it reads as clean (the CLI prints busy_line below)
+        table.caption = "\n".join(["cells whose rounds do not support their figures:"] + distrusted[:12]
                                    + ([f"... {len(distrusted) - 12} more in report.md"] if len(distrusted) > 12 else []))
+        table.caption_justify = "left"
     return table
 
 
