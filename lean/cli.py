@@ -223,7 +223,7 @@ def export(
     opset: Optional[int] = typer.Option(None, help="ONNX opset (default: the exporter's choice for the architecture)."),
     optimize: Optional[str] = typer.Option(None, help="ORTOptimizer level: O1 basic, O2 transformer fusions (exact), O3 + GELU approximation, O4 + fp16 (CUDA)."),
     fp16: bool = typer.Option(False, "--fp16", help="Cast weights and activations to fp16 (CUDA only)."),
-    quantize: Optional[str] = typer.Option(None, help="int8-dynamic or int8-static (ORTQuantizer)."),
+    quantize: Optional[str] = typer.Option(None, help="int8-dynamic or int8-static (ORTQuantizer); with --runtime openvino, int8-static (NNCF post-training, calibrated) or int8-weights (NNCF 8-bit weight-only)."),
     calibration_samples: int = typer.Option(128, help="Train-split texts that calibrate int8-static ranges."),
     atol: float = typer.Option(1e-4, help="fp32 gate: largest allowed |ONNX - PyTorch| logit difference."),
     max_metric_drop: float = typer.Option(1.0, help="fp16/int8 gate: most test accuracy/macro-F1 points allowed below the source."),
@@ -234,9 +234,10 @@ def export(
     max_eval_samples: Optional[int] = typer.Option(None, help="Validate on the first N test texts only."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the model's repository."),
     latency_check: bool = typer.Option(True, "--latency-check/--no-latency-check", help="Time the result against its plainer form (unfused, or int8-dynamic) and warn when it is slower here."),
+    runtime: str = typer.Option("onnxruntime", help="What the directory runs on: onnxruntime (model.onnx) or openvino (model.xml + model.bin; classifiers; pip install \"lean[openvino]\")."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty output directory."),
 ):
-    """Export a model to ONNX, validated against PyTorch (optional fusions and int8)."""
+    """Export a model to ONNX (or OpenVINO IR), validated against PyTorch (optional fusions and int8)."""
     from lean.export import ExportConfig
     from lean.export import export as run_export
     from lean.models import read_manifest
@@ -248,11 +249,12 @@ def export(
                           max_metric_drop=max_metric_drop, min_agreement=min_agreement,
                           max_perplexity_ratio=max_perplexity_ratio, max_length=max_length,
                           device=device, max_eval_samples=max_eval_samples, trust_remote_code=trust_remote_code,
-                          latency_check=latency_check)
+                          latency_check=latency_check, runtime=runtime)
     out = run_export(model, config, str(output), overwrite=overwrite)
     manifest = read_manifest(out)
     v = manifest["validation"]
-    line = f"wrote {out}  {manifest['onnx']['precision']}  max|diff| {v['max_abs_diff']:.2e}  agreement {v['agreement']:.2%}"
+    graph = manifest.get("openvino") or manifest["onnx"]  # the section of the runtime it was exported for
+    line = f"wrote {out}  {graph['precision']}  max|diff| {v['max_abs_diff']:.2e}  agreement {v['agreement']:.2%}"
     test, source = manifest.get("metrics", {}).get("test"), manifest.get("source_metrics", {}).get("test")
     if test and source:
         line += f"  test accuracy {test['accuracy']:.4f} (PyTorch {source['accuracy']:.4f})"
@@ -261,11 +263,11 @@ def export(
     if "perplexity" in v:
         line += f"  {v['perplexity']['split']} perplexity {v['perplexity']['onnx']:.3f} (PyTorch {v['perplexity']['pytorch']:.3f})"
     typer.echo(line + f"  (exporter: {manifest['exporter']['name']})")
-    fusion = manifest["onnx"].get("fusion")
+    fusion = graph.get("fusion")
     if fusion:
         fused = ", ".join(f"{op} {n}" for op, n in fusion["fused"].items()) or "nothing"
         typer.echo(f"fused: {fused}  (nodes {fusion['nodes']['before']} -> {fusion['nodes']['after']})")
-    speed = manifest["onnx"].get("latency_check")
+    speed = graph.get("latency_check")
     if speed:
         typer.echo(f"latency: {speed['ms']:.2f} ms vs {speed['plainer_ms']:.2f} ms for {speed['plainer']} "
                    f"({speed['speedup']:.2f}x, batch {speed['batch_size']} x {speed['seq_len']})")
@@ -279,7 +281,7 @@ def export(
 
 @app.command()
 def predict(
-    model_dir: Path = typer.Argument(..., help="Directory written by lean export (model.onnx + tokenizer)."),
+    model_dir: Path = typer.Argument(..., help="Directory written by lean export (model.onnx, or model.xml with --runtime openvino, + tokenizer)."),
     texts: Optional[List[str]] = typer.Argument(None, help="Texts to classify (or prompts to continue); default: --file or stdin."),
     file: Optional[Path] = typer.Option(None, "--file", "-f", help="Read inputs from a file: one text per line, or JSONL with a \"text\" field."),
     batch_size: int = typer.Option(32, help="Texts per onnxruntime call."),

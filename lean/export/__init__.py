@@ -12,16 +12,27 @@ An fp32 export must match PyTorch logits within `atol` and agree on every predic
 must agree on at least `min_agreement` of the predictions and, with a task, lose at most
 `max_metric_drop` points of test accuracy and macro-F1; for a causal LM they must keep perplexity
 within `max_perplexity_ratio` of PyTorch's. A failed gate raises, and run_step leaves nothing behind.
-Modules: config, exporters (the table), optimum_exporter, torch_exporter, validate, step.
+Modules: config, exporters (the table), optimum_exporter, torch_exporter, validate, step; openvino
+(`--runtime openvino`: OpenVINO IR and NNCF int8, the same validation and gates).
 Tests: tests/test_export.py, tests/test_export_torch.py.
 """
 
 from lean.export.config import EXPORTER_CHOICES, OPTIMIZE_LEVELS, QUANTIZE_METHODS, ExportConfig
-from lean.export.step import check_source, export, model_kind, run
+from lean.export.step import check_source, export, model_kind
+from lean.export.step import run as _run_onnx
 from lean.export.validate import gate as _gate  # noqa: F401  (kept importable from lean.export)
 
 __all__ = ["EXPORTER_CHOICES", "OPTIMIZE_LEVELS", "QUANTIZE_METHODS", "ExportConfig", "check_source", "export",
            "model_kind", "run"]
+
+
+def run(source: str, config: ExportConfig, out):
+    """The export step (lean.steps runs it): ONNX (step.py), or OpenVINO IR with --runtime openvino (openvino.py)."""
+    if config.runtime == "openvino":
+        from lean.export.openvino import run as run_openvino
+
+        return run_openvino(source, config, out)
+    return _run_onnx(source, config, out)
 
 
 from lean.callable_module import make_callable  # noqa: E402  (see lean/callable_module.py)

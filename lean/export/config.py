@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from lean.errors import LeanError
 
 OPTIMIZE_LEVELS = ("O1", "O2", "O3", "O4")
-QUANTIZE_METHODS = ("int8-dynamic", "int8-static")
+QUANTIZE_METHODS = ("int8-dynamic", "int8-static", "int8-weights")  # int8-weights: --runtime openvino only
+RUNTIMES = ("onnxruntime", "openvino")
 EXPORTER_CHOICES = ("auto", "torch", "optimum")
 
 
@@ -40,6 +41,8 @@ class ExportConfig:
     # time the result against its plainer form (unfused, or int8-dynamic) after validation: seconds on a CPU,
     # and the only way to learn that a "more optimized" choice is slower on this machine
     latency_check: bool = True
+    # what the directory runs on: onnxruntime (model.onnx) or openvino (model.xml + .bin, lean.export.openvino)
+    runtime: str = "onnxruntime"
 
     def __post_init__(self):
         if self.exporter not in EXPORTER_CHOICES:
@@ -50,6 +53,12 @@ class ExportConfig:
                 raise LeanError(f"--optimize must be one of {', '.join(OPTIMIZE_LEVELS)}, got '{self.optimize}'")
         if self.quantize is not None and self.quantize not in QUANTIZE_METHODS:
             raise LeanError(f"--quantize must be one of {', '.join(QUANTIZE_METHODS)}, got '{self.quantize}'")
+        if self.runtime not in RUNTIMES:
+            raise LeanError(f"--runtime must be one of {', '.join(RUNTIMES)}, got '{self.runtime}'")
+        if self.quantize == "int8-weights" and self.runtime != "openvino":
+            raise LeanError("--quantize int8-weights is NNCF's weight-only compression: add --runtime openvino")
+        if self.runtime == "openvino":
+            self._check_openvino()
         if self.optimize == "O4":
             self.fp16 = True
         if self.fp16 and self.quantize:
@@ -76,6 +85,17 @@ class ExportConfig:
             raise LeanError(f"--max-eval-samples must be at least 1, got {self.max_eval_samples}")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise LeanError(f"unknown device '{self.device}': use auto, cpu or cuda")
+
+    def _check_openvino(self) -> None:
+        """What --runtime openvino (lean.export.openvino) cannot take, refused before any model loads."""
+        if self.optimize or self.fp16:
+            raise LeanError("--optimize and --fp16 apply to onnxruntime: OpenVINO fuses the graph when it compiles "
+                            "it; drop them with --runtime openvino")
+        if self.quantize not in (None, "int8-static", "int8-weights"):
+            raise LeanError(f"--quantize {self.quantize} is onnxruntime's; with --runtime openvino use int8-static "
+                            "(NNCF post-training quantization, calibrated) or int8-weights (8-bit weight-only)")
+        if self.device.startswith("cuda"):
+            raise LeanError("--runtime openvino validates on the CPU: pass --device cpu (or auto)")
 
     @property
     def precision(self) -> str:

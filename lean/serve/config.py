@@ -33,10 +33,12 @@ class ModelSpec:
             raise LeanError(f"model name '{name}' cannot be used in a URL: use letters, digits, '.', '_' or '-' "
                             "(give NAME=DIR to choose one)")
         directory = Path(path)
+        from lean.runtime.openvino import is_openvino_dir
         from lean.runtime.tfidf import is_tfidf_dir
 
-        if not (directory / "model.onnx").is_file() and not is_tfidf_dir(directory):
-            raise LeanError(f"'{path}' is not an exported ONNX directory (no model.onnx): run lean export first")
+        if not (directory / "model.onnx").is_file() and not is_tfidf_dir(directory) and not is_openvino_dir(directory):
+            raise LeanError(f"'{path}' is not an exported ONNX directory (no model.onnx, nor OpenVINO's model.xml): "
+                            "run lean export first")
         return cls(name=name, path=directory)
 
 

@@ -58,10 +58,14 @@ class TritonConfig:
 def write_triton_repository(model_dir: str | os.PathLike, repository: str | os.PathLike,
                             config: TritonConfig | None = None) -> Path:
     """Write (or add to) a Triton model repository; returns the ensemble's directory."""
-    from lean.runtime import OnnxModelError, load
+    from lean.runtime import OnnxModelError, is_openvino_dir, load
 
     config = config or TritonConfig()
     source = Path(model_dir)
+    if is_openvino_dir(source) and not (source / "model.onnx").is_file():
+        raise LeanError(f"'{source}' is an OpenVINO directory: the Triton repository writer handles ONNX directories "
+                        "(Triton's onnxruntime backend); serve it with lean serve, or export the model without "
+                        "--runtime openvino for Triton")
     try:
         model = load(source, provider="CPUExecutionProvider", threads=1)
     except OnnxModelError as e:
