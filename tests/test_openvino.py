@@ -24,14 +24,17 @@ TEXTS = [r["text"] for r in bbc_rows(2)] + ["Short one.", "Rates rose."]
 
 
 def exported(tiny_bert_dir: Path, tmp_path_factory, quantize: str | None = None) -> Path:
-    """The tiny BERT exported for OpenVINO once per session and precision (8 test texts, 8 calibration texts)."""
-    from lean.export import ExportConfig, export
-
+    """The tiny BERT exported for OpenVINO through the CLI, once per session and precision (8 test texts, 8
+    calibration texts); its stdout is lean's summary alone (NNCF's progress bars kept out of it)."""
     out = tmp_path_factory.getbasetemp() / "openvino" / (quantize or "fp32")
     if not (out / "model.xml").is_file():
         out.parent.mkdir(exist_ok=True)
-        export(str(tiny_bert_dir), ExportConfig(runtime="openvino", quantize=quantize, calibration_samples=8,
-                                                max_eval_samples=8), str(out))
+        options = ["--quantize", quantize, "--calibration-samples", "8"] if quantize else []
+        result = invoke("export", str(tiny_bert_dir), "-o", str(out), "--runtime", "openvino", "--max-eval-samples", "8",
+                        *options)
+        assert result.returncode == 0, result.stderr
+        lines = result.stdout.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"wrote {out}  {'int8' if quantize else 'fp32'}"), result.stdout
     return out
 
 
