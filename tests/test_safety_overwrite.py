@@ -191,3 +191,51 @@ def test_overwrite_replaces_what_lean_wrote_and_its_temporary_files_only(world, 
     assert why_not_replaceable(run) is None
     (run / "mine.txt").write_text("x")
     assert "'mine.txt', which lean did not write" in why_not_replaceable(run)
+
+
+def test_a_copy_of_a_lean_directory_keeps_its_id_and_its_lean_json(world, tmp_path):
+    from lean.outputs import read_marker
+    from lean.steps import atomic_dir
+
+    source = lean_output(tmp_path / "model", world / "runs" / "teacher")
+    with atomic_dir(tmp_path / "best", overwrite=True, record=None) as tmp:  # as lean optimize's best/
+        shutil.rmtree(tmp)
+        shutil.copytree(source, tmp)
+    best = tmp_path / "best"
+    assert (best / "lean.json").read_bytes() == (source / "lean.json").read_bytes()
+    assert read_marker(best)["id"] == read_marker(source)["id"]
+    plain = tmp_path / "plain"  # a model lean did not write: copied as it is, marked, its lean.json untouched
+    users_folder(plain, "lean.json")
+    with atomic_dir(tmp_path / "best", overwrite=True, record=None) as tmp:
+        shutil.rmtree(tmp)
+        shutil.copytree(plain, tmp)
+    assert (best / "lean.json").read_text() == "{}\n" and (best / "thesis.tex").is_file()
+    assert read_marker(best)["record"] is None
+
+
+def test_bench_overwrite_replaces_an_earlier_run_and_nothing_else(tmp_path):
+    from types import SimpleNamespace
+
+    from lean.bench.runner import BenchOptions, BenchRun
+
+    def claim(output: Path, overwrite: bool) -> dict:
+        run = object.__new__(BenchRun)  # only the output handling: no suite is loaded or measured
+        run.output, run.options, run.results = output, BenchOptions(output=output, overwrite=overwrite), {}
+        run.suite = SimpleNamespace(file=None, task="bbc-news", base="minilm-l6", teacher=[], variants={})
+        run._claim_output()
+        return run.results
+
+    first = claim(tmp_path / "run", overwrite=False)
+    (tmp_path / "run" / "results.json").write_text(json.dumps(first))
+    (tmp_path / "run" / "logs").mkdir()
+    (tmp_path / "run" / "logs" / "fp32.log").write_text("log")
+    with pytest.raises(LeanError, match="exists and is not empty"):
+        claim(tmp_path / "run", overwrite=False)
+    second = claim(tmp_path / "run", overwrite=True)
+    assert second["output_id"] != first["output_id"] and not (tmp_path / "run" / "logs").exists()
+    (tmp_path / "run" / "results.json").write_text(json.dumps(second))
+    (tmp_path / "run" / "mine.txt").write_text("x")
+    before = tree_hashes(tmp_path / "run")
+    with pytest.raises(LeanError, match="'mine.txt', which lean did not write"):
+        claim(tmp_path / "run", overwrite=True)
+    assert tree_hashes(tmp_path / "run") == before
