@@ -109,15 +109,18 @@ def _export_torchscript(wrapper, names: list[str], example: dict, file: Path, op
     import torch
 
     inner = wrapper.inner
+    # eager attention: transformers 5 traces sdpa's mask as Where/Expand, which the Attention pattern does not
+    # match (4.57's sdpa graph matches too); the model is switched back for validation
     attention = getattr(inner.config, "_attn_implementation", None)
-    if attention not in (None, "eager", "sdpa"):  # flash/flex kernels do not trace; eager is the reference
+    switch = attention not in (None, "eager")
+    if switch:
         inner.set_attn_implementation("eager")
     try:
         torch.onnx.export(wrapper, tuple(example[n] for n in names), str(file), dynamo=False, input_names=names,
                           output_names=["logits"], opset_version=opset or MIN_OPSET,
                           dynamic_axes={n: {0: "batch", 1: "sequence"} for n in names})
     finally:
-        if attention not in (None, "eager", "sdpa"):
+        if switch:
             inner.set_attn_implementation(attention)
 
 
