@@ -25,7 +25,8 @@ def test_tfidf_logreg_directory_holds_no_pickle_and_predicts_as_fitted(bbc_csv, 
 
     task = {"spec": str(bbc_csv), "text_column": None, "label_column": None, "split_seed": 7}
     out = build_tfidf_logreg(task, TfidfLogregConfig(ngram_max=1), tmp_path / "fit")
-    assert sorted(f.name for f in out.iterdir()) == ["lean.json", "vocabulary.json", "weights.safetensors"]
+    assert sorted(f.name for f in out.iterdir()) == [".lean-output.json", "lean.json", "vocabulary.json",
+                                                     "weights.safetensors"]  # the marker: lean wrote it
     assert not list(tmp_path.glob(".fit.tmp-*"))  # written through a temp dir, renamed into place
     pipeline, manifest = load_tfidf_logreg(out)
     assert manifest["step"] == "tfidf-logreg" and manifest["task"] == task and manifest["fit_s"] > 0
