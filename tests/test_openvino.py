@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import bbc_rows, invoke
+from conftest import bbc_rows, invoke, save_tiny_bert
 
 pytest.importorskip("openvino", reason="the OpenVINO runtime needs the openvino extra: pip install 'lean[openvino]'")
 pytest.importorskip("nncf", reason="OpenVINO int8 export needs the openvino extra: pip install 'lean[openvino]'")
@@ -26,7 +26,7 @@ TEXTS = [r["text"] for r in bbc_rows(2)] + ["Short one.", "Rates rose."]
 def exported(tiny_bert_dir: Path, tmp_path_factory, quantize: str | None = None) -> Path:
     """The tiny BERT exported for OpenVINO through the CLI, once per session and precision (8 test texts, 8
     calibration texts); its stdout is lean's summary alone (NNCF's progress bars kept out of it)."""
-    out = tmp_path_factory.getbasetemp() / "openvino" / (quantize or "fp32")
+    out = tmp_path_factory.getbasetemp() / "openvino" / f"{tiny_bert_dir.name}-{quantize or 'fp32'}"
     if not (out / "model.xml").is_file():
         out.parent.mkdir(exist_ok=True)
         options = ["--quantize", quantize, "--calibration-samples", "8"] if quantize else []
@@ -34,7 +34,8 @@ def exported(tiny_bert_dir: Path, tmp_path_factory, quantize: str | None = None)
                         *options)
         assert result.returncode == 0, result.stderr
         lines = result.stdout.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith(f"wrote {out}  {'int8' if quantize else 'fp32'}"), result.stdout
+        assert lines[0].startswith(f"wrote {out}  {'int8' if quantize else 'fp32'}"), result.stdout
+        assert all(line.startswith("no task: ") for line in lines[1:]), result.stdout  # the note, without a task
     return out
 
 
@@ -82,22 +83,34 @@ def _state_dict(model_dir: Path) -> dict:
     return load_file(str(model_dir / "model.safetensors"))
 
 
+@pytest.fixture(scope="session")
+def tiny_bert_without_task(tmp_path_factory) -> Path:
+    return save_tiny_bert(tmp_path_factory.mktemp("models") / "tiny-bert-no-task")
+
+
+# int8-static on the model with a task (calibrated on its train split, gated on test accuracy), int8-weights on
+# one without (checked against PyTorch on lean's sample texts)
 @pytest.mark.parametrize("method,nncf_call", [("int8-static", "nncf.quantize"), ("int8-weights", "nncf.compress_weights")])
-def test_int8_exports_record_their_nncf_settings_and_agree_with_pytorch(tiny_bert_dir, tmp_path_factory, ov_bert,
-                                                                        method, nncf_call):
-    out = exported(tiny_bert_dir, tmp_path_factory, method)
+def test_int8_exports_record_their_nncf_settings_and_agree_with_pytorch(tiny_bert_dir, tiny_bert_without_task,
+                                                                        tmp_path_factory, ov_bert, method, nncf_call):
+    source = tiny_bert_dir if method == "int8-static" else tiny_bert_without_task
+    out = exported(source, tmp_path_factory, method)
     manifest = json.loads((out / "lean.json").read_text())
     ov = manifest["openvino"]
     assert ov["precision"] == "int8" and ov["quantize"] == method and ov["nncf"]["method"] == nncf_call
     if method == "int8-static":
         assert ov["nncf"]["subset_size"] == 8 and ov["nncf"]["calibration"] == "train split"
+        assert manifest["task_accuracy_checked"] and "test" in manifest["metrics"]
+    else:
+        assert manifest["task"] is None and not manifest["task_accuracy_checked"] and "sample texts" in manifest["note"]
+        assert manifest["validation"]["texts"]["source"] == "lean.samples"
     assert manifest["validation"]["agreement"] >= 0.98  # the gate export applies to int8
     assert (out / "model.bin").stat().st_size < 0.5 * (ov_bert / "model.bin").stat().st_size
 
     from lean.runtime import load
 
     got = load(out).logits(TEXTS)
-    reference = pytorch_logits(tiny_bert_dir, TEXTS)
+    reference = pytorch_logits(source, TEXTS)
     assert np.abs(got - reference).max() < 0.1  # int8 rounding on a random model's small logits, not a mismatch
 
 
