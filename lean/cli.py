@@ -12,7 +12,7 @@ from typing import List, Optional
 
 import typer
 
-from lean.errors import LeanError
+from lean.errors import LeanError, path_error, unknown_home
 
 app = typer.Typer(
     name="lean",
@@ -585,6 +585,16 @@ def main() -> None:
         _fail(e.format_message(), e.exit_code)
     except (KeyboardInterrupt, typer.Abort):
         code = 130
+    except OSError as e:  # a path the user named: too long, no permission, a file where a folder belongs
+        error = path_error(e)
+        if error is None:
+            raise
+        _fail(str(error), 2)
+    except RuntimeError as e:  # pathlib's expanduser on ~user of an unknown user names neither
+        error = unknown_home(sys.argv[1:]) if "home directory" in str(e) else None
+        if error is None:
+            raise
+        _fail(str(error), 2)
     if code == 130:  # typer turns KeyboardInterrupt into exit code 130
         typer.echo("interrupted", err=True)
     if isinstance(code, int) and code:

@@ -21,7 +21,8 @@ from typing import Any
 from lean import checks
 from lean.distill_checkpoints import (CHECKPOINT_MARKER, check_checkpoint_dir, check_checkpoint_location,  # noqa: F401
                                       fingerprint, last_complete_checkpoint, remove_checkpoints, write_fingerprint)
-from lean.errors import LeanError
+from lean.errors import LeanError, first_line
+from lean.model_fields import check_student_overrides
 
 # --student-config keys that are sizes: whole numbers >= 1, checked before any work.
 _STUDENT_SIZES = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size",
@@ -227,7 +228,7 @@ def _shared_layers_student(teacher, config):
     return student.to(next(teacher.parameters()).dtype)
 
 
-def student_from_config(teacher, overrides: dict[str, Any]):
+def student_from_config(teacher, overrides: dict[str, Any], max_length: int | None = None):
     """A randomly initialised model of the teacher's class with some config values changed.
 
     When the hidden size or head count changes, dependent sizes follow (intermediate size scales
@@ -235,13 +236,7 @@ def student_from_config(teacher, overrides: dict[str, Any]):
     """
     config = copy.deepcopy(teacher.config)
     t_hidden, t_heads = config.hidden_size, config.num_attention_heads
-    unknown = [k for k in overrides if not hasattr(config, k)]
-    if unknown:
-        raise LeanError(f"--student-config: {type(config).__name__} has no option {', '.join(unknown)} "
-                        "(common ones: num_hidden_layers, hidden_size, num_attention_heads, intermediate_size)")
-    if "vocab_size" in overrides and overrides["vocab_size"] != config.vocab_size:
-        raise LeanError(f"--student-config vocab_size={overrides['vocab_size']} differs from the teacher's "
-                        f"{config.vocab_size}: student and teacher must share one vocabulary")
+    check_student_overrides(config, overrides, max_length)
     for key, value in overrides.items():
         _check_override_type(key, value, getattr(config, key))
         setattr(config, key, value)
@@ -264,7 +259,11 @@ def student_from_config(teacher, overrides: dict[str, Any]):
     if kv is not None and heads % config.num_key_value_heads:
         raise LeanError(f"student num_attention_heads {heads} is not a multiple of num_key_value_heads "
                         f"{config.num_key_value_heads}: set num_key_value_heads too")
-    return type(teacher)(config)
+    try:
+        return type(teacher)(config)
+    except (ValueError, TypeError, KeyError, RuntimeError, AssertionError) as e:  # torch's and transformers' own checks
+        raise LeanError(f"--student-config {','.join(map(str, overrides))}: the student's config builds no "
+                        f"model ({first_line(e)}): give values like the teacher's") from None
 
 
 def _check_override_type(key: str, value: Any, current: Any) -> None:
@@ -541,7 +540,7 @@ def _student(teacher, tokenizer, kind: str, task, config: DistillConfig, attn: s
         student = _load(config.student, kind, task, config, attn, **extra)
         origin = {"kind": "model", "path": str(config.student)}
     elif config.student_config:
-        student = student_from_config(teacher, config.student_config)
+        student = student_from_config(teacher, config.student_config, config.max_length)
         origin = {"kind": "config", "overrides": config.student_config}
     else:
         layer_map = config.layer_map or default_layer_map(t_layers, config.student_layers)

@@ -55,11 +55,11 @@ def check_checkpoint_dir(ckpt: Path, config, teacher_hash: str | None) -> bool:
         return False
     if not has_checkpoints:
         raise LeanError(f"--resume: no checkpoint in '{ckpt}' to continue from: run without --resume")
-    saved_file = ckpt / _FINGERPRINT
-    saved = json.loads(saved_file.read_text()) if saved_file.is_file() else {}
+    saved = _read_object(ckpt / _FINGERPRINT) if (ckpt / _FINGERPRINT).is_file() else {}
+    check_resumable(last_complete_checkpoint(ckpt))
     now = fingerprint(config, teacher_hash)
     if saved != json.loads(json.dumps(now)):
-        old, new = saved.get("config", {}), now["config"]
+        old, new = saved.get("config") if isinstance(saved.get("config"), dict) else {}, now["config"]
         differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         if saved.get("teacher_manifest_hash") != now["teacher_manifest_hash"]:
             differ.append("teacher")
@@ -88,3 +88,40 @@ def last_complete_checkpoint(ckpt: Path) -> Path | None:
     """
     done = [p for p in ckpt.glob("checkpoint-*") if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()]
     return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
+def _read_object(file: Path) -> dict[str, Any]:
+    """A JSON object from a checkpoint directory; a damaged file is one line saying how to go on."""
+    try:
+        value = json.loads(file.read_bytes().decode("utf-8"))
+    except (ValueError, RecursionError, OSError):
+        value = None
+    if not isinstance(value, dict):
+        raise LeanError(f"--resume: '{file}' is damaged (not a JSON object): delete the checkpoint directory "
+                        "and run without --resume")
+    return value
+
+
+def check_resumable(checkpoint: Path) -> None:
+    """The files Trainer resumes from are whole: its state (a JSON object with a step), the weights
+    (safetensors that fit their file), and the optimizer, scheduler and RNG states (torch zip archives)."""
+    import zipfile
+
+    from lean.models import check_safetensors
+
+    state = _read_object(checkpoint / "trainer_state.json")
+    if isinstance(state.get("global_step"), bool) or not isinstance(state.get("global_step"), int):
+        raise LeanError(f"--resume: '{checkpoint / 'trainer_state.json'}' records no step: delete the checkpoint "
+                        "directory and run without --resume")
+    for file in sorted(checkpoint.glob("*.safetensors")):
+        try:
+            check_safetensors(file)
+        except LeanError as e:
+            raise LeanError(f"--resume: {e}; or delete the checkpoint directory and run without --resume") from None
+    for file in sorted(checkpoint.glob("*.pt")) + sorted(checkpoint.glob("*.pth")):
+        try:
+            with zipfile.ZipFile(file) as archive:
+                archive.namelist()
+        except (zipfile.BadZipFile, OSError):
+            raise LeanError(f"--resume: '{file}' is damaged (not a complete torch archive): delete the checkpoint "
+                            "directory and run without --resume") from None

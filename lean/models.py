@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from lean.errors import LeanError, first_line
+from lean.model_fields import check_config_fields, check_manifest_fields
 
 MANIFEST = "lean.json"
 
@@ -84,6 +85,7 @@ def _check_json_object(file: Path) -> None:
         raise LeanError(f"cannot read {file}: {e.strerror or e}") from None
     if not isinstance(value, dict):
         raise LeanError(f"{file} holds a JSON {type(value).__name__}, not an object: restore the model's config.json")
+    check_config_fields(file, value)
 
 
 def check_safetensors(file: Path) -> None:
@@ -176,6 +178,12 @@ def load_model(spec: str, kind: str = "classification", trust_remote_code: bool 
         return auto.from_pretrained(source, use_safetensors=True, trust_remote_code=trust_remote_code is True, **kwargs)
     except _LOAD_ERRORS as e:
         raise _load_error(spec, f"a {kind} model from", e) from None
+    except RuntimeError as e:  # torch's load_state_dict: weights whose shapes are not the config's
+        if "size mismatch" not in str(e) and "shape" not in str(e):
+            raise
+        reason = next((line.strip() for line in str(e).splitlines() if "mismatch" in line), first_line(e))
+        raise LeanError(f"cannot load '{spec}': its weights do not fit its config.json ({reason[:200]}): "
+                        "restore the weights or the config that belongs with them") from None
 
 
 def _load_error(spec: str, what: str, e: BaseException) -> LeanError:
@@ -191,8 +199,9 @@ def _load_error(spec: str, what: str, e: BaseException) -> LeanError:
 def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     """The directory's lean.json, or {} for a directory lean did not make.
 
-    A manifest that is not a JSON object, or whose task, config or parent is not an object, is one
-    line naming the file (every verb reads manifests, so every verb gets the same line)."""
+    A manifest that is not a JSON object, or whose fields have the wrong types or sizes
+    (lean.model_fields), is one line naming the file (every verb reads manifests, so every verb gets
+    the same line)."""
     file = Path(path, MANIFEST)
     if not file.is_file():
         return {}
@@ -204,15 +213,7 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
         raise LeanError(f"cannot read {file}: {e.strerror or e}") from None
     if not isinstance(manifest, dict):
         raise LeanError(f"{file} holds a JSON {type(manifest).__name__}, not an object: restore it, or remake the directory with lean")
-    for key in ("task", "config", "parent", "metrics", "environment"):
-        if manifest.get(key) is not None and not isinstance(manifest[key], dict):
-            raise LeanError(f"{file}: \"{key}\" must be a JSON object, got {type(manifest[key]).__name__}: "
-                            "restore it, or remake the directory with lean")
-    task = manifest.get("task") or {}
-    for key in ("spec", "name", "kind", "text_column", "label_column"):
-        if task.get(key) is not None and not isinstance(task[key], str):
-            raise LeanError(f"{file}: task \"{key}\" must be a string, got {type(task[key]).__name__}: "
-                            "restore it, or remake the directory with lean")
+    check_manifest_fields(file, manifest)
     return manifest
 
 

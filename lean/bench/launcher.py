@@ -5,7 +5,7 @@
 
 Parent side of lean.bench. Each child runs in its own process group (so a stop reaches every thread
 and grandchild), its stdout read by a thread: protocol replies go to a queue, notes to a callback,
-the rest to its log file.
+the rest to its log file. On Linux a child dies with its parent (die_with_parent).
 """
 
 from __future__ import annotations
@@ -40,6 +40,32 @@ def child_env(threads: int | None, reuse_memory: bool = False) -> dict[str, str]
     if reuse_memory:
         env.update(REUSE_MEMORY_ENV)
     return env
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """A preexec_fn that has Linux SIGKILL the child when the process that started it dies, even by SIGKILL
+    (prctl PR_SET_PDEATHSIG), so a killed `lean bench` leaves no measuring or building child behind; None
+    elsewhere. Linux ties the signal to the starting thread: lean starts children from the main thread.
+    libc is resolved here, in the parent: between fork and exec the child makes one plain system call."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
+        if os.getppid() != parent:  # the parent died before the request was made
+            os._exit(1)
+
+    return preexec
 
 
 def stop_child(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
@@ -103,7 +129,7 @@ class Child:
         self.log_file = log.open("w")
         self.proc = subprocess.Popen([sys.executable, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True, bufsize=1,
-                                     errors="replace")
+                                     errors="replace", preexec_fn=die_with_parent())
         self.replies: queue.Queue = queue.Queue()
         self.on_line = on_line
         self.reader = threading.Thread(target=self._pump, daemon=True)

@@ -21,6 +21,7 @@ from typing import Any
 from lean.bench.memory import rss_peak_mb
 from lean.bench.protocol import phase_line
 from lean.errors import LeanError
+from lean.limits import MAX_BATCH_SIZE, MAX_SEQ_LENGTH, check_limit
 
 
 @dataclass
@@ -51,8 +52,12 @@ class GenerationConfig:
             self.batch_sizes = [self.batch_sizes]
         if not self.batch_sizes or not all(isinstance(b, int) and b >= 1 for b in self.batch_sizes):
             raise LeanError(f"measure.generation.batch_sizes must be positive integers, got {self.batch_sizes!r}")
+        check_limit("measure.generation.batch_sizes: batch size", max(self.batch_sizes), MAX_BATCH_SIZE,
+                    "measure smaller batches")
         if self.new_tokens < 2 or self.prompt_tokens < 1 or self.repeats < 1 or self.warmup < 0:
             raise LeanError("measure.generation needs new_tokens >= 2, prompt_tokens >= 1, repeats >= 1, warmup >= 0")
+        check_limit("measure.generation: new_tokens + prompt_tokens", self.new_tokens + self.prompt_tokens,
+                    MAX_SEQ_LENGTH, "generate shorter texts")
 
 
 def _config(cls, value: Any, where: str):

@@ -15,6 +15,7 @@ from typing import Any
 
 from lean.bench.lm import check_measure_options
 from lean.errors import LeanError
+from lean.limits import MAX_BATCH_SIZE, MAX_SEQ_LENGTH, check_limit
 
 ATTENTIONS = ("eager", "sdpa", "lean")  # `lean` is the fused Triton kernel (lean.attention)
 DTYPES = ("float32", "bfloat16", "float16")
@@ -104,6 +105,8 @@ class MeasureConfig:
             if not isinstance(value, list) or not value or \
                     not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value):
                 raise LeanError(f"measure.{name} must be a non-empty list of positive integers, got {value!r}")
+            what, limit = ("batch size", MAX_BATCH_SIZE) if name == "batch_sizes" else ("sequence length", MAX_SEQ_LENGTH)
+            check_limit(f"measure.{name}: {what}", max(value), limit, "measure smaller cells")
         for name, minimum in (("warmup", 0), ("repeats", 1), ("min_repeats", 1), ("eval_batch_size", 1)):
             check_int(f"measure.{name}", getattr(self, name), minimum)
         check_int("measure.threads", self.threads, 1, none_ok=True)

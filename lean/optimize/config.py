@@ -10,12 +10,15 @@ or an unknown objective is a one-line LeanError that says what to pass instead.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from lean.errors import LeanError
+from lean.limits import MAX_BATCH_SIZE, MAX_SEQ_LENGTH, check_limit
 
 # objective -> (the trial figure it reads, whether larger is better)
 OBJECTIVES: dict[str, tuple[str, bool]] = {
@@ -113,6 +116,8 @@ class Target:
                 raise LeanError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
         if self.seq_length < 8:
             raise LeanError(f"--seq-length must be at least 8 tokens, got {self.seq_length}")
+        check_limit("--batch-size", self.batch_size, MAX_BATCH_SIZE, "time a smaller batch")
+        check_limit("--seq-length", self.seq_length, MAX_SEQ_LENGTH, "time shorter texts")
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise LeanError(f"--threads must be at least 1, got {self.threads!r}")
 
@@ -146,3 +151,22 @@ class OptimizeConfig:
             raise LeanError(f"--max-trials must be at least 1, got {self.max_trials}")
         if self.resume and self.overwrite:
             raise LeanError("--resume continues a run and --overwrite replaces it: pass one")
+        check_target_fits(self.target, self.model)
+
+
+def check_target_fits(target: Target, model: str) -> None:
+    """--seq-length within the positions the model has (read from a local config.json): every latency
+    cell of a longer one is skipped, so the whole search would measure nothing."""
+    from lean.models import resolve_model
+
+    try:
+        config = Path(resolve_model(model)) / "config.json"
+    except LeanError:
+        return  # a missing model is reported where the run loads it
+    if not config.is_file():
+        return  # a Hub id: from_pretrained reads its config later
+    values = json.loads(config.read_bytes().decode("utf-8"))  # resolve_model checked it is a JSON object
+    positions = values.get("max_position_embeddings") or values.get("n_positions")
+    if isinstance(positions, int) and target.seq_length > positions:
+        raise LeanError(f"--seq-length {target.seq_length} is above the limit of {positions} tokens that "
+                        f"'{model}' takes (its positions): pass at most {positions}")

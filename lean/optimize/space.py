@@ -193,7 +193,11 @@ def _read_yaml(path: Path) -> Any:
     if not path.is_file():
         raise LeanError(f"space file '{path}' does not exist: pass a YAML file (see docs/optimize.md)")
     try:
-        return yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise LeanError(f"space '{path}' is not UTF-8 text (byte {e.start}): pass a YAML file") from None
+    except RecursionError:
+        raise LeanError(f"space '{path}' is nested too deeply to be a search space: pass a YAML file") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""

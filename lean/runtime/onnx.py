@@ -5,7 +5,6 @@ lean.runtime.load returns an OnnxModel for such a directory. Tests: tests/test_r
 
 from __future__ import annotations
 
-import json
 import os
 import time
 import warnings
@@ -14,7 +13,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from lean.runtime.common import OnnxModelError, _check_texts, _first_line, _softmax
+from lean.runtime.common import (OnnxModelError, _check_texts, _first_line, _model_max_length, _positions, _softmax,
+                                 _special_ids, positive_int_field, read_json_object)
 
 MODEL_FILE = "model.onnx"
 
@@ -74,8 +74,8 @@ class OnnxModel:
             raise OnnxModelError(f"'{path}' is not a directory: pass the directory written by lean export")
         if not file.is_file():
             raise OnnxModelError(f"'{path}' has no {MODEL_FILE}: pass a directory written by lean export")
-        self.config = _read_json(self.path / "config.json")
-        self.manifest = _read_json(self.path / "lean.json")
+        self.config = read_json_object(self.path / "config.json")
+        self.manifest = read_json_object(self.path / "lean.json")
         if not (self.path / "tokenizer.json").is_file():
             raise OnnxModelError(f"'{path}' has no tokenizer.json (a fast tokenizer is needed): re-run lean export")
         try:
@@ -107,17 +107,30 @@ class OnnxModel:
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.kind = "lm" if any(n.startswith("past_key_values") for n in self.input_names) else "classification"
         id2label = self.config.get("id2label") or {}
-        self.label_names = [id2label.get(str(i), id2label.get(i, f"LABEL_{i}")) for i in range(len(id2label))]
-        self.max_length = int(self.manifest.get("max_length") or _model_max_length(self.path, self.config))
+        if not isinstance(id2label, dict):
+            raise OnnxModelError(f"'{self.path / 'config.json'}': \"id2label\" must be an object of label names, "
+                                 f"got {type(id2label).__name__}: re-run lean export to write it again")
+        self.label_names = [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(len(id2label))]
+        # the longest input the model takes: what it was exported at, never more than its positions
+        self.input_limit = _model_max_length(self.path, self.config)
+        self.max_length = positive_int_field(self.manifest, "max_length", self.path / "lean.json") or self.input_limit
         # positions the model has: a prompt plus its new tokens must fit (causal LMs)
-        self.context_length = int(self.config.get("max_position_embeddings") or self.config.get("n_positions")
-                                  or self.max_length)
+        self.context_length = _positions(self.path, self.config) or self.max_length
+        self.check_max_length(self.max_length, "its lean.json's max_length")
         self.pad_id, self.eos_id = _special_ids(self.path, self.tokenizer, self.config)
         self.tokenizer.no_padding()
         self.tokenizer.no_truncation()
 
     def __repr__(self) -> str:
         return f"OnnxModel({str(self.path)!r}, kind={self.kind!r}, provider={self.provider!r}, threads={self.threads})"
+
+    def check_max_length(self, max_length: int, what: str) -> int:
+        """`max_length` when the model has positions for it; else OnnxModelError naming both."""
+        limit = self.context_length if self.kind == "lm" else self.input_limit
+        if max_length > limit:
+            raise OnnxModelError(f"{what} {max_length} is above the limit of {limit} tokens this model takes "
+                                 f"(its positions): pass at most {limit}")
+        return max_length
 
     # ---- classification ------------------------------------------------------------------------
 
@@ -128,7 +141,7 @@ class OnnxModel:
         Texts over `max_length` tokens lose their end (or, with truncation_side="left", their start);
         pass a list as `truncated` to get back (index, tokens before truncation) of each one cut."""
         texts = _check_texts(texts)
-        max_length = max_length or self.max_length
+        max_length = self.check_max_length(max_length, "--max-length") if max_length else self.max_length
         # counts the special tokens the post-processor adds
         self.tokenizer.enable_truncation(max_length, direction=truncation_side)
         try:
@@ -210,7 +223,7 @@ class OnnxModel:
         if room < 1:
             raise OnnxModelError(f"max_new_tokens {max_new_tokens} leaves no room for a prompt in the model's "
                                  f"context of {self.context_length} tokens: lower it")
-        limit = min(max_length or room, room)
+        limit = min(self.check_max_length(max_length, "--max-length") if max_length else room, room)
         out: list[list[int]] = []
         for start in range(0, len(prompts), batch_size):
             cut: list[tuple[int, int]] = []
@@ -283,45 +296,3 @@ class OnnxModel:
                 dtype = np.float16 if "float16" in i.type else np.float32
                 past[i.name] = np.zeros((batch, i.shape[1], 0, i.shape[3]), dtype=dtype)
         return past
-
-
-# ---- helpers -------------------------------------------------------------------------------------
-
-def _read_json(file: Path) -> dict[str, Any]:
-    if not file.is_file():
-        return {}
-    try:
-        return json.loads(file.read_text())
-    except (ValueError, OSError) as e:
-        raise OnnxModelError(f"cannot read '{file}': {_first_line(e)}") from None
-
-
-def _model_max_length(path: Path, config: dict[str, Any]) -> int:
-    """The longest input the model takes: tokenizer_config's model_max_length when set, else its positions."""
-    limit = _read_json(path / "tokenizer_config.json").get("model_max_length")
-    positions = config.get("max_position_embeddings") or config.get("n_positions") or 512
-    if isinstance(limit, (int, float)) and 0 < limit < 1_000_000:
-        return int(min(limit, positions))
-    return int(positions)
-
-
-def _special_ids(path: Path, tokenizer, config: dict[str, Any]) -> tuple[int, int | None]:
-    """(pad id, eos id): pad falls back to eos then 0, as lean's loaders do for checkpoints without one."""
-    special = {**_read_json(path / "tokenizer_config.json"), **_read_json(path / "special_tokens_map.json")}
-
-    def token_id(name: str) -> int | None:
-        token = special.get(name)
-        if isinstance(token, dict):
-            token = token.get("content")
-        return tokenizer.token_to_id(token) if isinstance(token, str) else None
-
-    eos = config.get("eos_token_id")
-    if isinstance(eos, list):
-        eos = eos[0] if eos else None
-    eos = eos if eos is not None else token_id("eos_token")
-    pad = token_id("pad_token")
-    if pad is None:
-        pad = config.get("pad_token_id")
-    if pad is None:
-        pad = eos if eos is not None else 0
-    return int(pad), eos

@@ -23,11 +23,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from lean.runtime.common import OnnxModelError, _check_texts, _softmax
+from lean.runtime.common import OnnxModelError, _check_texts, _softmax, positive_int_field, read_json_object
 
 VOCABULARY, WEIGHTS, MANIFEST = "vocabulary.json", "weights.safetensors", "lean.json"
 STEP = "tfidf-logreg"
 TOKEN = re.compile(r"(?u)\b\w\w+\b")  # scikit-learn's default token_pattern
+REFIT = "fit it again with lean bench (or lean optimize)"
 _DTYPES = {"F64": np.float64, "F32": np.float32, "I64": np.int64, "I32": np.int32}
 
 
@@ -49,10 +50,37 @@ def read_safetensors(file: Path) -> dict[str, np.ndarray]:
             start, end = meta["data_offsets"]
             data = raw[8 + size + start:8 + size + end]
             arrays[name] = np.frombuffer(data, dtype=_DTYPES[meta["dtype"]]).reshape(meta["shape"]).copy()
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise OnnxModelError(f"cannot read '{file}': not a tfidf-logreg weights file ({type(e).__name__}); "
                              "fit it again with lean bench") from None
     return arrays
+
+
+def _checked_arrays(arrays: dict[str, np.ndarray], file: Path) -> tuple[np.ndarray, ...]:
+    """(idf, coef, intercept, classes) as float64 / int64, with shapes that agree: (F,), (C, F), (C,), (K,)
+    where C is 1 (two classes) or K; anything else is one OnnxModelError naming the file."""
+    try:
+        idf, coef = arrays["idf"].astype(np.float64), arrays["coef"].astype(np.float64)
+        intercept, classes = arrays["intercept"].astype(np.float64), arrays["classes"].astype(np.int64)
+    except KeyError as e:
+        raise OnnxModelError(f"'{file}' has no {e.args[0]} array: {REFIT}") from None
+    ok = (idf.ndim == 1 and coef.ndim == 2 and intercept.ndim == 1 and classes.ndim == 1 and classes.size >= 2
+          and coef.shape[1] == idf.size and coef.shape[0] in (1, classes.size) and intercept.size == coef.shape[0]
+          and classes.min() >= 0)
+    if not ok:
+        raise OnnxModelError(f"'{file}' holds arrays of shapes that do not fit together (idf {idf.shape}, coef "
+                             f"{coef.shape}, intercept {intercept.shape}, classes {classes.shape}): {REFIT}")
+    return idf, coef, intercept, classes
+
+
+def _checked_vocabulary(vocabulary: dict, features: int, file: Path) -> dict[str, int]:
+    """term -> column, every column a whole number inside the weights' `features` columns."""
+    bad = next((t for t, c in vocabulary.items() if isinstance(c, bool) or not isinstance(c, int)
+                or not 0 <= c < features), None)
+    if bad is not None:
+        raise OnnxModelError(f"'{file}': term {bad!r} maps to {vocabulary[bad]!r}, not a column of the "
+                             f"{features} the weights hold: {REFIT}")
+    return vocabulary
 
 
 class TfidfModel:
@@ -63,22 +91,28 @@ class TfidfModel:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        try:
-            self.manifest = json.loads((self.path / MANIFEST).read_text())
-            vocabulary = json.loads((self.path / VOCABULARY).read_text())
-        except (OSError, ValueError) as e:
-            raise OnnxModelError(f"cannot read '{path}': {e}") from None
-        if not isinstance(self.manifest, dict) or self.manifest.get("step") != STEP:
+        self.manifest = read_json_object(self.path / MANIFEST, REFIT)
+        vocabulary = read_json_object(self.path / VOCABULARY, REFIT)
+        if self.manifest.get("step") != STEP:
             raise OnnxModelError(f"'{path}' is not a tfidf-logreg directory lean wrote (its lean.json names no "
                                  f"'{STEP}' step)")
         config = self.manifest.get("config") or {}
-        self.ngram_max = int(config.get("ngram_max", 2))
-        self.sublinear_tf = bool(config.get("sublinear_tf", True))
-        self.vocabulary: dict[str, int] = vocabulary
+        if not isinstance(config, dict):
+            raise OnnxModelError(f"'{self.path / MANIFEST}': \"config\" must be an object: {REFIT}")
         arrays = read_safetensors(self.path / WEIGHTS)
-        self.idf, self.coef = arrays["idf"].astype(np.float64), arrays["coef"].astype(np.float64)
-        self.intercept, self.classes = arrays["intercept"].astype(np.float64), arrays["classes"].astype(np.int64)
-        self.label_names = [str(n) for n in self.manifest.get("labels") or range(int(self.classes.max()) + 1)]
+        self.idf, self.coef, self.intercept, self.classes = _checked_arrays(arrays, self.path / WEIGHTS)
+        self.vocabulary: dict[str, int] = _checked_vocabulary(vocabulary, len(self.idf), self.path / VOCABULARY)
+        # the vocabulary holds every n-gram the model knows: longer ones are never looked up, whatever
+        # ngram_max says (a damaged 10**9 would otherwise make O(tokens**2) terms per text)
+        longest = max((term.count(" ") + 1 for term in self.vocabulary), default=1)
+        self.ngram_max = min(positive_int_field(config, "ngram_max", self.path / MANIFEST) or 2, longest)
+        self.sublinear_tf = bool(config.get("sublinear_tf", True))
+        labels = self.manifest.get("labels")
+        labels = [str(n) for n in labels] if isinstance(labels, list) else [str(i) for i in range(len(self.classes))]
+        if int(self.classes.max()) >= len(labels):
+            raise OnnxModelError(f"'{self.path / MANIFEST}': \"labels\" must name each of the "
+                                 f"{int(self.classes.max()) + 1} classes the weights hold: {REFIT}")
+        self.label_names = labels
         self.max_length = None  # whole texts: a linear model has no token limit
 
     def __repr__(self) -> str:
