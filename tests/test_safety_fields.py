@@ -315,3 +315,23 @@ def test_every_field_wrong_is_refused_in_one_line_or_loads(dirs, tmp_path, kind,
             except Exception as e:  # noqa: BLE001 (the point: nothing else may escape)
                 failures.append(f"{'.'.join(map(str, field))}={bad!r}: {type(e).__name__}: {str(e)[:120]}")
     assert not failures, f"{len(failures)} tracebacks, e.g.:\n" + "\n".join(failures[:15])
+
+
+@pytest.mark.parametrize("line, needle", [
+    ('{"kind": "candidate", "name": "x", "key": "k", "status": "ok", "latency_ms": "fast"}', '"latency_ms" must be a number'),
+    ('{"kind": "candidate", "name": "x", "key": "k", "status": "ok", "passed": 1}', '"passed" must be true or false'),
+    ('{"kind": "candidate", "name": "x", "key": "k", "status": "ok", "validation": [0.9]}', '"validation" must be a JSON object'),
+    ('{"kind": "candidate", "name": "x", "status": "ok"}', '"key" must be a string'),
+    ('{"kind": "candidate", "name": "x", "key": "k", "status": 5}', '"status" must be a string'),
+])
+def test_damaged_optimize_trials_for_resume(tmp_path, line, needle):
+    """`lean optimize --resume` reads the run's trials.jsonl back: a damaged trial is one line, not a traceback later."""
+    from lean.errors import LeanError
+    from lean.optimize.trials import TrialStore
+
+    (tmp_path / "trials.jsonl").write_text(line + "\n")
+    with pytest.raises(LeanError, match=needle.replace("(", r"\(")):
+        TrialStore(tmp_path / "trials.jsonl")
+    (tmp_path / "trials.jsonl").write_bytes(b"\xff\xfe{}\n")
+    with pytest.raises(LeanError, match="is not UTF-8 text"):
+        TrialStore(tmp_path / "trials.jsonl")

@@ -61,6 +61,29 @@ class Trial(Figures):
         return out
 
 
+# the JSON types of a trial's fields, as trials.jsonl holds them (None is always allowed but for these)
+_TRIAL_TYPES = {"number": ("latency_ms", "throughput_sps", "peak_memory_mb", "weights_bytes", "build_s",
+                           "steps_built", "loss", "test_loss", "wall_s"),
+                "string": ("status", "error", "latency_unreliable", "model_dir", "name", "key", "reason"),
+                "object": ("validation", "test", "load"), "list": ("chain",), "bool": ("passed",)}
+_REQUIRED = ("status", "key", "name")
+
+
+def _check_trial(values: dict[str, Any], where: str) -> None:
+    """A trial read back for --resume has its fields' types: a damaged one is one line, not a traceback later."""
+    python = {"number": (int, float), "string": (str,), "object": (dict,), "list": (list,), "bool": (bool,)}
+    for kind, names in _TRIAL_TYPES.items():
+        for name in names:
+            value = values.get(name)
+            wrong_number = kind == "number" and isinstance(value, bool)
+            if (value is None and name in _REQUIRED) or wrong_number or \
+                    (value is not None and not isinstance(value, python[kind])):
+                shown = {"object": "JSON object", "bool": "true or false"}.get(kind, kind)
+                raise LeanError(f"--resume: {where}: \"{name}\" must be {'' if kind == 'bool' else 'a '}{shown}, "
+                                f"got {value!r}: the run's "
+                                "trials.jsonl is damaged; delete it (or the run) to measure again")
+
+
 class TrialStore:
     """The trials of a run directory, appended as they finish; the latest line of a (kind, key) wins."""
 
@@ -69,7 +92,12 @@ class TrialStore:
         self.trials: list[Trial] = []
         known = {f.name for f in dataclasses.fields(Trial)}
         if path.is_file():
-            for number, line in enumerate(path.read_text().splitlines(), 1):
+            try:
+                text = path.read_bytes().decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise LeanError(f"--resume: {path} is not UTF-8 text (byte {e.start}): this is not a `lean optimize` "
+                                "run directory, or its trials.jsonl is damaged (delete it to measure again)") from None
+            for number, line in enumerate(text.splitlines(), 1):
                 if not line.strip():
                     continue
                 try:
@@ -78,6 +106,7 @@ class TrialStore:
                     continue
                 if not isinstance(values, dict) or values.get("kind") not in KINDS:
                     raise LeanError(f"{path} line {number} is no trial: this is not a `lean optimize` run directory")
+                _check_trial(values, f"{path} line {number}")
                 self.trials.append(Trial(**{k: v for k, v in values.items() if k in known}, resumed=True))
 
     def measured(self, kind: str, key: str) -> Trial | None:
