@@ -120,7 +120,7 @@ def check_target(path: str | os.PathLike, what: str, option: str, source: str | 
                  inputs: Iterable[str | os.PathLike | None] = ()) -> Path:
     """The path to write for `path` (a symlink resolved), refused with one line when writing there could lose data:
     under a file, the working directory or an ancestor of it, an input of the run (the model `source`, a task
-    file, a student, a suite, a space), an ancestor of one, or a path inside an input directory."""
+    file, a student, a suite, a space) or an ancestor of one."""
     given = Path(path).expanduser()
     real = given.resolve()
     for parent in real.parents:  # the nearest existing ancestor must be a directory
@@ -139,9 +139,6 @@ def check_target(path: str | os.PathLike, what: str, option: str, source: str | 
         if _covers(real, input_path):
             raise LeanError(f"{what} '{given}' is {label} '{name}' or one of its parents: "
                             f"choose a new directory for {option}")
-        if input_path.is_dir() and input_path in real.parents:
-            raise LeanError(f"{what} '{given}' is inside {label} '{name}', which lean never changes: "
-                            f"choose a directory outside it for {option}")
     if real.exists() and not real.is_dir():
         raise LeanError(f"{what} '{given}' exists and is a file: choose another {option}")
     return real if given.is_symlink() else given

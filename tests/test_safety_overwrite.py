@@ -159,10 +159,10 @@ def test_distill_never_replaces_its_student(in_world):
                           "-o", "runs/student", "--overwrite"), "is the input 'runs/student'")
 
 
-@pytest.mark.parametrize("output, needle", [("runs/teacher", "is the input"), ("runs/teacher/reports", "inside")])
-def test_bench_never_writes_into_its_input_model(in_world, output, needle):
-    assert_refused(invoke("bench", "runs/teacher", "-o", output), needle)
-    assert_refused(invoke("bench", "runs/teacher", "-o", output, "--overwrite"), needle)
+@pytest.mark.parametrize("output", ["runs/teacher", "runs"])
+def test_bench_never_writes_into_its_input_model(in_world, output):
+    assert_refused(invoke("bench", "runs/teacher", "-o", output), "is the input")
+    assert_refused(invoke("bench", "runs/teacher", "-o", output, "--overwrite"), "is the input")
 
 
 # ---- -o ~ never wipes home, wherever lean runs from ----------------------------------------

@@ -60,7 +60,7 @@ RUN_ENTRIES = ("results.json", "results.csv", "report.md", "pareto.png", "logs/"
 
 def suite_inputs(suite: Suite) -> list[str]:
     """The local paths a run reads (the suite file, a task file, the base, the teacher, measured directories):
-    its output may be none of them, no folder holding one, and nothing inside an input directory."""
+    its output may be none of them and no folder holding one."""
     paths = [suite.file, suite.task, suite.base, suite.teacher if isinstance(suite.teacher, str) else None]
     paths += [v.start for v in suite.variants.values() if v.start not in ("teacher", "base")]
     return [str(p) for p in paths if p]
