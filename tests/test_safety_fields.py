@@ -335,3 +335,17 @@ def test_damaged_optimize_trials_for_resume(tmp_path, line, needle):
     (tmp_path / "trials.jsonl").write_bytes(b"\xff\xfe{}\n")
     with pytest.raises(LeanError, match="is not UTF-8 text"):
         TrialStore(tmp_path / "trials.jsonl")
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", "{", "\udcff"])
+def test_damaged_optimize_run_settings_for_resume(dirs, tmp_path, content):
+    from lean.optimize.run import RUN_ENTRIES, RUN_FILE
+    from lean.outputs import mark
+
+    out = tmp_path / "opt"
+    out.mkdir()
+    mark(out, RUN_ENTRIES, record=RUN_FILE)
+    (out / RUN_FILE).write_bytes(content.encode("utf-8", "surrogateescape"))
+    res = invoke("optimize", str(dirs["torch"]), "--max-drop", "1", "--resume", "-o", str(out))
+    assert_refused(res)
+    assert (out / RUN_FILE).read_bytes() == content.encode("utf-8", "surrogateescape")
