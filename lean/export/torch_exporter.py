@@ -110,9 +110,11 @@ def _export_torchscript(wrapper, names: list[str], example: dict, file: Path, op
 
     inner = wrapper.inner
     # eager attention: transformers 5 traces sdpa's mask as Where/Expand, which the Attention pattern does not
-    # match (4.57's sdpa graph matches too); the model is switched back for validation
+    # match; the model is switched back for validation. Models that cannot switch (4.57's BERT family, whose
+    # sdpa graph matches as it is) are traced as they are.
     attention = getattr(inner.config, "_attn_implementation", None)
-    switch = attention not in (None, "eager")
+    can_switch = getattr(inner, "_can_set_attn_implementation", lambda: False)
+    switch = attention not in (None, "eager") and can_switch()
     if switch:
         inner.set_attn_implementation("eager")
     try:
