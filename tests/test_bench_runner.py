@@ -7,6 +7,7 @@ the files written, the cache reused, Ctrl-C, subprocesses started early, --rigor
 from __future__ import annotations
 
 import json
+import signal
 import textwrap
 from pathlib import Path
 
@@ -228,7 +229,9 @@ def test_next_variants_subprocess_starts_early_and_is_dismissed_when_its_build_f
     assert rows["tfidf-logreg"]["timing"]["started_early"] is True and rows["fp32"]["timing"]["started_early"] is False
     # boom's build failed: its waiting subprocess was told nothing and ended without a result
     assert rows["boom"]["status"] == "failed" and rows["boom"]["phase"] == "build"
-    assert started["boom"].proc.returncode == 0 and not (tmp_path / "out" / "logs" / "boom.result.json").exists()
+    # (0 once it read END; SIGINT where a loaded machine kept it importing past the runner's 10 s wait for that)
+    assert started["boom"].proc.returncode in (0, -signal.SIGINT)
+    assert not (tmp_path / "out" / "logs" / "boom.result.json").exists()
     assert all(child.proc.poll() is not None for child in started.values())
 
 
