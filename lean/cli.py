@@ -13,6 +13,7 @@ from typing import List, Optional
 import typer
 
 from lean.errors import LeanError, path_error, unknown_home
+from lean.bench.reliability import MIN_QUIET_ROUNDS  # a pure module: imports nothing heavy
 
 app = typer.Typer(
     name="lean",
@@ -394,7 +395,7 @@ def bench(
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the models' repositories (a suite cannot)."),
     min_quiet_rounds: Optional[int] = typer.Option(None, "--min-quiet-rounds", help="A latency cell left with fewer "
                                                    "quiet rounds than this (slow rounds set aside) is reported "
-                                                   "unreliable (default: lean.bench.reliability.MIN_QUIET_ROUNDS)."),
+                                                   f"unreliable (default {MIN_QUIET_ROUNDS})."),
 ):
     """Measure accuracy, latency and memory of every variant in a suite (default: the built-in suite)."""
     from lean.bench.suite import directories_suite, load_suite
