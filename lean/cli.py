@@ -449,10 +449,10 @@ def bench(
 
 @app.command()
 def serve(
-    models: List[str] = typer.Argument(..., help="Exported ONNX directories, each DIR (named after it) or NAME=DIR."),
+    models: List[str] = typer.Argument(..., help="Directories lean wrote for deployment (ONNX, OpenVINO, tfidf-logreg), each DIR (named after it) or NAME=DIR."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0 for every interface)."),
     port: int = typer.Option(8000, help="Port to listen on."),
-    max_batch_size: int = typer.Option(32, help="Texts per onnxruntime call (1 turns batching off)."),
+    max_batch_size: int = typer.Option(32, help="Texts per runtime call (1 turns batching off)."),
     max_wait_ms: float = typer.Option(5.0, help="How long a queued text waits for others before its batch runs."),
     max_queue: int = typer.Option(256, help="Texts waiting per model; more get 429 with Retry-After."),
     max_texts: int = typer.Option(64, help="Texts in one request (422 beyond)."),
