@@ -119,3 +119,12 @@ def test_the_interleaved_timer_times_every_graph(named_bert, tmp_path):
     feed = load(out).encode(["Shares rose after profits beat forecasts"], max_length=32, pad_to=32)
     ms = time_interleaved({"a": out / "model.onnx", "b": out / "model.onnx"}, feed, threads=1, rounds=3, calls=2)
     assert set(ms) == {"a", "b"} and all(0 < v < 1000 for v in ms.values())
+
+
+def test_cli_no_latency_check_skips_the_timing(named_bert, tmp_path):
+    out = tmp_path / "o1"
+    result = invoke("export", str(named_bert), "-o", str(out), "--exporter", "torch", "--optimize", "O1",
+                    "--no-latency-check")
+    assert result.returncode == 0, result.stderr
+    assert "fused: nothing" in result.stdout and "latency:" not in result.stdout  # O1 writes no contrib op
+    assert "latency_check" not in _manifest(out)["onnx"] and _manifest(out)["onnx"]["fusion"]["fused"] == {}
