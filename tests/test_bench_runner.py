@@ -135,9 +135,11 @@ def test_report_files(tiny_run):
     assert fp32_cell.get("all_rounds", {"count": fp32_cell["count"]})["count"] == \
         sum(len(v["ms"]) for v in fp32_cell["visits"])
     copied_cell, = row_named(on_disk, "copied")["latency"]
-    # two repeats make two rounds: too few for an interval, and the cell says so instead of reading ±0%
-    assert copied_cell["rounds"]["of"] == 2 and "speedup_interval" not in copied_cell
-    assert copied_cell["interval_note"].endswith(": too few for an interval (at least 4)")
+    # an interval, or why there is none; two repeats make two rounds (a machine running slow adds rounds),
+    # too few for an interval, and the cell says so instead of reading ±0%
+    assert ("speedup_interval" in copied_cell) != ("interval_note" in copied_cell)
+    if copied_cell["rounds"]["of"] < 4:
+        assert copied_cell["interval_note"].endswith(": too few for an interval (at least 4)")
 
 
 def test_second_run_reuses_built_steps(tiny_run, monkeypatch, capsys, tmp_path):
@@ -167,7 +169,9 @@ def test_second_run_reuses_built_steps(tiny_run, monkeypatch, capsys, tmp_path):
     # each finished run joins the machine's history of baseline medians (lean.bench.history)
     history = [json.loads(line) for line in (cache / "history.jsonl").read_text().splitlines()]
     assert [h["key"]["baseline"] for h in history] == ["fp32", "copied"]
-    assert history[0]["cells"] == {"b2x64": row_named(results, "fp32")["latency"][0]["median_ms"]}
+    base_cell = row_named(results, "fp32")["latency"][0]
+    # (a cell the run could not support, on a loaded machine, is kept out of the history)
+    assert history[0]["cells"] == ({} if base_cell.get("unreliable") else {"b2x64": base_cell["median_ms"]})
     assert results["run"]["machine_state"]["earlier_runs"] == 0 == again["run"]["machine_state"]["earlier_runs"]
     # the fitted tfidf-logreg is reused too: same directory, same answers
     tfidf, first_tfidf = row_named(again, "tfidf-logreg"), row_named(results, "tfidf-logreg")
