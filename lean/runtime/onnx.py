@@ -106,6 +106,11 @@ class OnnxModel:
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.kind = "lm" if any(n.startswith("past_key_values") for n in self.input_names) else "classification"
+        self._read_labels_and_lengths()
+
+    def _read_labels_and_lengths(self) -> None:
+        """Label names, length limits and special ids from the directory's files, and the tokenizer left
+        unpadded and untruncated (the runtime pads and truncates itself): the same for every exported kind."""
         id2label = self.config.get("id2label") or {}
         if not isinstance(id2label, dict):
             raise OnnxModelError(f"'{self.path / 'config.json'}': \"id2label\" must be an object of label names, "

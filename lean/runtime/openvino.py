@@ -18,8 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lean.runtime.common import (OnnxModelError, _first_line, _model_max_length, _positions, _special_ids,
-                                 positive_int_field, read_json_object)
+from lean.runtime.common import (OnnxModelError, _first_line, read_json_object)
 from lean.runtime.onnx import OnnxModel, physical_cores
 
 XML_FILE, BIN_FILE = "model.xml", "model.bin"
@@ -79,18 +78,7 @@ class OpenVinoModel(OnnxModel):
         self.output_names = [next(iter(o.get_names()), f"output_{n}") for n, o in enumerate(self.compiled.outputs)]
         self._logits = self.output_names.index("logits") if "logits" in self.output_names else 0
         self.kind = "classification"
-        id2label = self.config.get("id2label") or {}
-        if not isinstance(id2label, dict):
-            raise OnnxModelError(f"'{self.path / 'config.json'}': \"id2label\" must be an object of label names, "
-                                 f"got {type(id2label).__name__}: re-run lean export to write it again")
-        self.label_names = [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(len(id2label))]
-        self.input_limit = _model_max_length(self.path, self.config)
-        self.max_length = positive_int_field(self.manifest, "max_length", self.path / "lean.json") or self.input_limit
-        self.context_length = _positions(self.path, self.config) or self.max_length
-        self.check_max_length(self.max_length, "its lean.json's max_length")
-        self.pad_id, self.eos_id = _special_ids(self.path, self.tokenizer, self.config)
-        self.tokenizer.no_padding()
-        self.tokenizer.no_truncation()
+        self._read_labels_and_lengths()
 
     def __repr__(self) -> str:
         return (f"OpenVinoModel({str(self.path)!r}, kind={self.kind!r}, device={self.provider!r}, "
