@@ -30,6 +30,16 @@ BUILTIN_MODELS = {
 # What transformers' loaders raise on a damaged or foreign directory: one line, never a traceback.
 _LOAD_ERRORS = (OSError, ValueError, TypeError, KeyError, AttributeError)
 
+
+def _load_errors() -> tuple[type[BaseException], ...]:
+    """What loading a damaged model or config raises: transformers 5 also checks config fields through
+    huggingface_hub's strict dataclasses, whose errors derive from Exception alone."""
+    try:
+        from huggingface_hub.errors import StrictDataclassError
+    except ImportError:
+        return _LOAD_ERRORS
+    return (*_LOAD_ERRORS, StrictDataclassError)
+
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
@@ -120,7 +130,7 @@ def load_config(spec: str, trust_remote_code: bool = False):
     source = resolve_model(spec)
     try:
         return AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code is True)
-    except _LOAD_ERRORS as e:
+    except _load_errors() as e:
         raise _load_error(spec, "the configuration of", e) from None
 
 
@@ -131,7 +141,7 @@ def load_tokenizer(spec: str, trust_remote_code: bool = False):
     source = resolve_model(spec)
     try:
         tok = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code is True)
-    except _LOAD_ERRORS as e:
+    except _load_errors() as e:
         raise _load_error(spec, "the tokenizer of", e) from None
     if tok.pad_token is None:
         if tok.eos_token is not None:
@@ -176,12 +186,13 @@ def load_model(spec: str, kind: str = "classification", trust_remote_code: bool 
             check_safetensors(file)
     try:
         return auto.from_pretrained(source, use_safetensors=True, trust_remote_code=trust_remote_code is True, **kwargs)
-    except _LOAD_ERRORS as e:
+    except _load_errors() as e:
         raise _load_error(spec, f"a {kind} model from", e) from None
-    except RuntimeError as e:  # torch's load_state_dict: weights whose shapes are not the config's
-        if "size mismatch" not in str(e) and "shape" not in str(e):
+    except RuntimeError as e:  # weights whose shapes are not the config's (torch's load_state_dict; transformers 5)
+        if not any(word in str(e) for word in ("size mismatch", "shape", "mismatched_sizes")):
             raise
-        reason = next((line.strip() for line in str(e).splitlines() if "mismatch" in line), first_line(e))
+        reason = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line),
+                      "a weight's shape is not the one its config.json gives")
         raise LeanError(f"cannot load '{spec}': its weights do not fit its config.json ({reason[:200]}): "
                         "restore the weights or the config that belongs with them") from None
 
