@@ -66,7 +66,6 @@ class OnnxModel:
     def __init__(self, path: str | os.PathLike, provider: str | None = None, threads: int | None = None,
                  session_config: dict[str, str] | None = None):
         import onnxruntime as ort
-        from tokenizers import Tokenizer
 
         self.path = Path(path)
         file = self.path / MODEL_FILE
@@ -74,14 +73,8 @@ class OnnxModel:
             raise OnnxModelError(f"'{path}' is not a directory: pass the directory written by lean export")
         if not file.is_file():
             raise OnnxModelError(f"'{path}' has no {MODEL_FILE}: pass a directory written by lean export")
-        self.config = read_json_object(self.path / "config.json")
-        self.manifest = read_json_object(self.path / "lean.json")
-        if not (self.path / "tokenizer.json").is_file():
-            raise OnnxModelError(f"'{path}' has no tokenizer.json (a fast tokenizer is needed): re-run lean export")
-        try:
-            self.tokenizer = Tokenizer.from_file(str(self.path / "tokenizer.json"))
-        except Exception as e:  # tokenizers raises a bare Exception on malformed JSON
-            raise OnnxModelError(f"cannot read '{path}/tokenizer.json': {_first_line(e)}") from None
+        self._read_records()
+        self._read_tokenizer()
 
         self.provider = provider or ("CUDAExecutionProvider" if cuda_available() else "CPUExecutionProvider")
         if self.provider not in ort.get_available_providers():
@@ -107,6 +100,22 @@ class OnnxModel:
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.kind = "lm" if any(n.startswith("past_key_values") for n in self.input_names) else "classification"
         self._read_labels_and_lengths()
+
+    def _read_records(self) -> None:
+        """config.json and lean.json, each a JSON object or an OnnxModelError naming the file."""
+        self.config = read_json_object(self.path / "config.json")
+        self.manifest = read_json_object(self.path / "lean.json")
+
+    def _read_tokenizer(self) -> None:
+        """The directory's fast tokenizer (tokenizer.json), or an OnnxModelError saying what to do."""
+        if not (self.path / "tokenizer.json").is_file():
+            raise OnnxModelError(f"'{self.path}' has no tokenizer.json (a fast tokenizer is needed): re-run lean export")
+        from tokenizers import Tokenizer
+
+        try:
+            self.tokenizer = Tokenizer.from_file(str(self.path / "tokenizer.json"))
+        except Exception as e:  # tokenizers raises a bare Exception on malformed JSON
+            raise OnnxModelError(f"cannot read '{self.path}/tokenizer.json': {_first_line(e)}") from None
 
     def _read_labels_and_lengths(self) -> None:
         """Label names, length limits and special ids from the directory's files, and the tokenizer left

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lean.runtime.common import (OnnxModelError, _first_line, read_json_object)
+from lean.runtime.common import OnnxModelError, _first_line
 from lean.runtime.onnx import OnnxModel, physical_cores
 
 XML_FILE, BIN_FILE = "model.xml", "model.bin"
@@ -38,7 +38,6 @@ class OpenVinoModel(OnnxModel):
 
     def __init__(self, path: str | os.PathLike, provider: str | None = None, threads: int | None = None,
                  precision: str | None = None):
-        from tokenizers import Tokenizer
 
         self.path = Path(path)
         if not self.path.is_dir():
@@ -50,16 +49,10 @@ class OpenVinoModel(OnnxModel):
             import openvino as ov
         except ImportError:
             raise OnnxModelError(f"'{path}' is an OpenVINO directory but openvino is not installed: {INSTALL}") from None
-        self.config = read_json_object(self.path / "config.json")
-        self.manifest = read_json_object(self.path / "lean.json")
+        self._read_records()
         if self.manifest.get("kind", "classification") != "classification":
             raise OnnxModelError(f"'{path}' is a {self.manifest['kind']} model: OpenVINO directories hold classifiers")
-        if not (self.path / "tokenizer.json").is_file():
-            raise OnnxModelError(f"'{path}' has no tokenizer.json (a fast tokenizer is needed): re-run lean export")
-        try:
-            self.tokenizer = Tokenizer.from_file(str(self.path / "tokenizer.json"))
-        except Exception as e:  # tokenizers raises a bare Exception on malformed JSON
-            raise OnnxModelError(f"cannot read '{path}/tokenizer.json': {_first_line(e)}") from None
+        self._read_tokenizer()
 
         core = ov.Core()
         self.provider = _device(provider, core.available_devices)
